@@ -1,0 +1,110 @@
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.template.loader import render_to_string
+from django.utils.safestring import SafeString
+
+from . import services
+from .models import Campaign, CampaignItem, Contact, ContactList, Subscription, Suppression, Template
+from .selectors import campaign_progress
+
+
+class SubscriptionInline(admin.TabularInline):
+    model = Subscription
+    extra = 0
+    autocomplete_fields = ("contact_list",)
+    readonly_fields = ("created_at",)
+
+
+@admin.register(Contact)
+class ContactAdmin(admin.ModelAdmin):
+    list_display = ("email", "first_name", "last_name", "status", "created_at")
+    list_filter = ("status", "lists")
+    search_fields = ("email", "first_name", "last_name")
+    inlines = (SubscriptionInline,)
+
+
+@admin.register(ContactList)
+class ContactListAdmin(admin.ModelAdmin):
+    list_display = ("name", "description", "created_at")
+    search_fields = ("name",)
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(admin.ModelAdmin):
+    list_display = ("pattern", "source", "reason", "created_at")
+    list_filter = ("source",)
+    search_fields = ("pattern",)
+
+
+@admin.register(Template)
+class TemplateAdmin(admin.ModelAdmin):
+    list_display = ("name", "subject", "updated_at")
+    search_fields = ("name", "subject")
+
+
+@admin.register(Campaign)
+class CampaignAdmin(admin.ModelAdmin):
+    list_display = ("name", "status", "progress", "dispatcher", "scheduled_at", "completed_at")
+    list_filter = ("status", "dispatcher")
+    search_fields = ("name",)
+    filter_horizontal = ("lists",)
+    readonly_fields = ("status", "progress", "started_at", "completed_at", "created_by")
+    actions = ("schedule_now", "pause", "resume")
+
+    def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        fields = ["name", "template", "lists", "dispatcher", "scheduled_at"]
+        return fields + (["status", "progress", "started_at", "completed_at"] if obj else [])
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        if obj is not None and obj.status != Campaign.Status.DRAFT:
+            return ("name", "template", "lists", "dispatcher", "scheduled_at", *self.readonly_fields)
+        return self.readonly_fields
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    @admin.display(description="progress")
+    def progress(self, obj: Campaign) -> SafeString:
+        return SafeString(render_to_string("campaigns/progress.html", {"p": campaign_progress(campaign=obj)}))
+
+    def has_pause_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("campaigns.pause_campaign")
+
+    @admin.action(description="Schedule selected drafts to send now", permissions=["change"])
+    def schedule_now(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
+        for campaign in queryset:
+            try:
+                services.campaign_schedule(campaign=campaign, when=campaign.scheduled_at)
+            except ValidationError as exc:
+                self.message_user(request, f"{campaign}: {exc.messages[0]}", messages.ERROR)
+            else:
+                self.message_user(request, f"{campaign}: scheduled.", messages.SUCCESS)
+
+    @admin.action(description="Pause selected campaigns", permissions=["pause"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
+        n = sum(services.campaign_pause(campaign=c) for c in queryset)
+        self.message_user(request, f"Paused {n} campaign(s).", messages.SUCCESS)
+
+    @admin.action(description="Resume selected campaigns", permissions=["pause"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
+        n = sum(services.campaign_resume(campaign=c) for c in queryset)
+        self.message_user(request, f"Resumed {n} campaign(s).", messages.SUCCESS)
+
+
+@admin.register(CampaignItem)
+class CampaignItemAdmin(admin.ModelAdmin):
+    list_display = ("campaign", "contact", "status", "attempts", "sent_at", "smtp_code", "possibly_duplicated")
+    list_filter = ("status", "possibly_duplicated", "campaign")
+    search_fields = ("contact__email",)
+    list_select_related = ("campaign", "contact")
+    raw_id_fields = ("campaign", "contact", "batch")
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False

@@ -1,0 +1,248 @@
+import uuid
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.template import Engine, TemplateSyntaxError
+
+from dispatchers.models import Dispatcher
+from smtpservers.validators import validate_header_value
+
+
+class Contact(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+        BOUNCED = "bounced", "Bounced"
+        COMPLAINED = "complained", "Complained"
+
+    email = models.EmailField(unique=True, validators=[validate_header_value])
+    phone = models.CharField(max_length=32, blank=True)
+    first_name = models.CharField(max_length=100, blank=True, validators=[validate_header_value])
+    last_name = models.CharField(max_length=100, blank=True, validators=[validate_header_value])
+    language = models.CharField(max_length=16, blank=True)
+    time_zone = models.CharField(max_length=64, blank=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    source = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["email"]
+
+    def __str__(self) -> str:
+        return self.email
+
+    def save(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        # One address, one contact, whatever case it was typed in.
+        self.email = self.email.strip().lower()
+        super().save(*args, **kwargs)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.first_name} {self.last_name}".strip()
+
+
+class ContactList(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    contacts = models.ManyToManyField(Contact, through="Subscription", related_name="lists")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "list"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Subscription(models.Model):
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE)
+    contact_list = models.ForeignKey(ContactList, on_delete=models.CASCADE, verbose_name="list")
+    created_at = models.DateTimeField(auto_now_add=True)
+    source = models.CharField(max_length=100, blank=True, help_text="How and where consent came.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["contact_list", "contact"], name="subscription_unique")
+        ]
+
+
+class Suppression(models.Model):
+    class Source(models.TextChoices):
+        MANUAL = "manual", "Manual"
+        BOUNCE = "bounce", "Bounce"
+        COMPLAINT = "complaint", "Complaint"
+        UNSUBSCRIBE = "unsubscribe", "Unsubscribe"
+
+    pattern = models.CharField(
+        "address or domain",
+        max_length=254,
+        unique=True,
+        help_text="An address (jane@example.org) or a whole domain (*@example.org).",
+    )
+    reason = models.CharField(max_length=255, blank=True)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.MANUAL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["pattern"]
+
+    def __str__(self) -> str:
+        return self.pattern
+
+    def save(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self.pattern = self.pattern.strip().lower()
+        super().save(*args, **kwargs)
+
+
+def validate_template_source(value: str) -> None:
+    try:
+        Engine(autoescape=True).from_string(value)
+    except TemplateSyntaxError as exc:
+        raise ValidationError(f"Template error: {exc}", code="template_syntax") from exc
+
+
+class Template(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    subject = models.CharField(
+        max_length=255, validators=[validate_header_value, validate_template_source]
+    )
+    html_body = models.TextField("HTML body", blank=True, validators=[validate_template_source])
+    text_body = models.TextField("plain-text body", validators=[validate_template_source])
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Campaign(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        SCHEDULED = "scheduled", "Scheduled"
+        GENERATING = "generating", "Generating"
+        SENDING = "sending", "Sending"
+        COMPLETED = "completed", "Completed"
+        PAUSED = "paused", "Paused"
+        CANCELLED = "cancelled", "Cancelled"
+
+    name = models.CharField(max_length=200)
+    template = models.ForeignKey(Template, on_delete=models.PROTECT)
+    lists = models.ManyToManyField(ContactList, related_name="campaigns")
+    dispatcher = models.ForeignKey(Dispatcher, on_delete=models.PROTECT, related_name="campaigns")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    # Keyset cursor of item generation: the last contact id paged in, so a
+    # crashed generate job resumes where it stopped.
+    generated_through = models.BigIntegerField(default=0)
+    # Counters frozen when the campaign completes (live ones are counted).
+    total_count = models.PositiveIntegerField(default=0)
+    sent_count = models.PositiveIntegerField(default=0)
+    failed_count = models.PositiveIntegerField(default=0)
+    skipped_count = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, editable=False
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [("pause_campaign", "Can pause and resume campaigns")]
+        indexes = [models.Index(fields=["status", "scheduled_at"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in (self.Status.SCHEDULED, self.Status.GENERATING, self.Status.SENDING)
+
+
+class Batch(models.Model):
+    """Items one process-messages run claimed for one dispatcher.
+
+    The lease says how long the outbound task may hold them; a batch whose
+    lease ran out (its worker died) is reclaimed by the next run."""
+
+    dispatcher = models.ForeignKey(Dispatcher, on_delete=models.CASCADE, related_name="batches")
+    created_at = models.DateTimeField(auto_now_add=True)
+    lease_expires_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    size = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "batches"
+        indexes = [
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(finished_at__isnull=True),
+                name="batch_open_lease_idx",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Batch {self.pk} ({self.dispatcher})"
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+class CampaignItem(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        CLAIMED = "claimed", "Claimed"
+        DEFERRED = "deferred", "Deferred"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped"
+        BOUNCED = "bounced", "Bounced"
+
+    LIVE = (Status.PENDING, Status.CLAIMED, Status.DEFERRED)
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="items")
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="items")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    token = models.CharField(max_length=32, unique=True, default=new_token, editable=False)
+    batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.SET_NULL)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # Set just before the message goes on the wire: a worker that dies
+    # between this and the result leaves the item possibly sent.
+    sending_started_at = models.DateTimeField(null=True, blank=True)
+    possibly_duplicated = models.BooleanField(default=False)
+    first_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    smtp_response = models.CharField(max_length=500, blank=True)
+    queue_id = models.CharField(max_length=100, blank=True)
+    skip_reason = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "contact"], name="item_unique_recipient")
+        ]
+        indexes = [
+            models.Index(
+                fields=["campaign", "id"],
+                condition=Q(status__in=["pending", "deferred"]),
+                name="item_due_idx",
+            ),
+            models.Index(
+                fields=["batch"], condition=Q(status="claimed"), name="item_claimed_batch_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} → {self.contact}"

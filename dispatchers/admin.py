@@ -1,0 +1,40 @@
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from .models import Dispatcher
+from .services import dispatcher_pause, dispatcher_resume
+
+
+@admin.register(Dispatcher)
+class DispatcherAdmin(admin.ModelAdmin):
+    list_display = ("name", "type", "server_name", "queue", "delivery_mode", "messages_per_hour", "batch_size", "is_enabled", "paused_reason")
+    list_filter = ("type", "delivery_mode", "is_enabled")
+    search_fields = ("name", "server_name", "from_email")
+    readonly_fields = ("worker_command", "paused_reason")
+    actions = ("pause", "resume")
+    fieldsets = (
+        (None, {"fields": ("name", "server_name", "worker_command", "type", "is_enabled", "paused_reason")}),
+        ("Sending", {"fields": ("messages_per_hour", "batch_size", "delivery_mode", "smtp_server", "pickup_directory")}),
+        ("Login information", {"fields": ("from_email", "from_name", "reply_to")}),
+    )
+
+    @admin.display(description="worker command")
+    def worker_command(self, obj: Dispatcher) -> str:
+        if not obj.pk:
+            return "Shown once the dispatcher is saved."
+        return f"celery -A config worker -Q {obj.queue} --hostname {obj.server_name}@%h"
+
+    def has_pause_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("dispatchers.pause_dispatcher")
+
+    @admin.action(description="Pause selected dispatchers", permissions=["pause"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[Dispatcher]) -> None:
+        reason = f"Paused by {request.user.get_username()}"
+        n = sum(dispatcher_pause(dispatcher=d, reason=reason) for d in queryset)
+        self.message_user(request, f"Paused {n} dispatcher(s).", messages.SUCCESS)
+
+    @admin.action(description="Resume selected dispatchers", permissions=["pause"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[Dispatcher]) -> None:
+        n = sum(dispatcher_resume(dispatcher=d) for d in queryset)
+        self.message_user(request, f"Resumed {n} dispatcher(s).", messages.SUCCESS)

@@ -1,0 +1,71 @@
+"""The one small interface every delivery mode implements.
+
+A transport is opened once per batch, handed finished messages, and
+answers each with a SendResult. It knows nothing of campaigns: whoever
+asks gets a per-recipient verdict with the server's own code and text.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from dispatchers.models import Dispatcher
+
+
+class Outcome(enum.Enum):
+    ACCEPTED = "accepted"
+    TRANSIENT = "transient"  # 4xx: try again later
+    PERMANENT = "permanent"  # 5xx: do not try again
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    code: int | None = None
+    text: str = ""
+    queue_id: str = ""
+    enhanced: str = ""  # RFC 3463 status, e.g. "5.1.1"
+
+
+class ConnectionLost(Exception):
+    """The session is gone (dropped, timed out, 421, refused login).
+
+    Nothing was recorded for the message being sent: the caller puts it and
+    the rest of its batch back untouched. ``maybe_delivered`` is False when
+    the server clearly refused before taking the message (421 at RCPT, a
+    failed connect), True when the session died mid-transaction."""
+
+    def __init__(self, message: str, *, maybe_delivered: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_delivered = maybe_delivered
+
+
+class Transport:
+    def open(self) -> None:
+        """Connect; raise ConnectionLost when the server cannot be used."""
+
+    def send(self, message: EmailMessage, *, sender: str, recipient: str) -> SendResult:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the connection; never raises."""
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def transport_for(dispatcher: Dispatcher) -> Transport:
+    from .pickup import PickupTransport
+    from .smtp import SmtpTransport
+
+    if dispatcher.delivery_mode == dispatcher.DeliveryMode.PICKUP:
+        return PickupTransport(directory=dispatcher.pickup_directory)
+    return SmtpTransport(server=dispatcher.smtp_server)

@@ -1,0 +1,41 @@
+"""Local outbox: each message lands as an .eml file, written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+
+from .base import ConnectionLost, Outcome, SendResult, Transport
+
+
+class PickupTransport(Transport):
+    def __init__(self, *, directory: str) -> None:
+        self.directory = Path(directory)
+
+    def open(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConnectionLost(f"Cannot create outbox folder {self.directory}: {exc}") from exc
+
+    def send(self, message: EmailMessage, *, sender: str, recipient: str) -> SendResult:
+        name = _file_name(message)
+        try:
+            # Write under a temporary name and rename: a pickup reader never
+            # sees half a message, and a rerun overwrites instead of doubling.
+            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(message.as_bytes(policy=SMTP))
+            os.replace(tmp, self.directory / name)
+        except OSError as exc:
+            raise ConnectionLost(f"Cannot write to outbox {self.directory}: {exc}") from exc
+        return SendResult(Outcome.ACCEPTED, code=250, text="written", queue_id=name)
+
+
+def _file_name(message: EmailMessage) -> str:
+    msgid = str(message.get("Message-ID", "")).strip("<>")
+    safe = "".join(c if c.isalnum() or c in "-._@" else "_" for c in msgid)
+    return f"{safe or 'message'}.eml"

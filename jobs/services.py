@@ -1,0 +1,33 @@
+"""Job-run records: every beat job says when it ran, how long, how much."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+
+from django.utils import timezone
+
+from .models import JobRun
+
+
+def job_run_record(*, job: str, work: Callable[[], int]) -> int:
+    """Run ``work`` (which returns how many items it processed) and keep a
+    JobRun row of it. The row is written outside the work's transactions,
+    so a failing job still leaves its record and its error."""
+    run = JobRun.objects.create(
+        job=job, started_at=timezone.now(), worker=f"{socket.gethostname()}:{os.getpid()}"
+    )
+    try:
+        processed = work()
+    except Exception as exc:
+        run.outcome = JobRun.Outcome.FAILED
+        run.error = f"{type(exc).__name__}: {exc}"[:5000]
+        run.finished_at = timezone.now()
+        run.save(update_fields=["outcome", "error", "finished_at"])
+        raise
+    run.outcome = JobRun.Outcome.OK
+    run.items_processed = processed
+    run.finished_at = timezone.now()
+    run.save(update_fields=["outcome", "items_processed", "finished_at"])
+    return processed

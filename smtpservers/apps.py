@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SmtpServersConfig(AppConfig):
+    name = "smtpservers"
+    verbose_name = "SMTP servers"
