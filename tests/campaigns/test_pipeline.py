@@ -1,0 +1,357 @@
+"""The pipeline, step by step, against real PostgreSQL and a real SMTP server."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from campaigns import services
+from campaigns.models import Batch, Campaign, CampaignItem, Contact, Suppression
+from dispatchers.models import RateUsage
+from tests.helpers import make_audience, make_campaign, make_dispatcher, make_smtp_server, make_template
+from tests.smtp import SmtpSink, free_port
+
+pytestmark = pytest.mark.django_db
+S = CampaignItem.Status
+
+
+@pytest.fixture
+def sink():
+    with SmtpSink() as s:
+        yield s
+
+
+def sending_campaign(count: int, dispatcher, **extra):
+    campaign = make_campaign(
+        dispatcher=dispatcher, lists=[make_audience(count)], status=Campaign.Status.SCHEDULED, **extra
+    )
+    services.items_generate()
+    campaign.refresh_from_db()
+    return campaign
+
+
+def statuses(campaign) -> dict[str, int]:
+    from campaigns.selectors import campaign_counts
+
+    return campaign_counts(campaign_id=campaign.pk)
+
+
+# --- generate ---------------------------------------------------------------
+
+
+def test_it_generates_one_item_per_subscribed_contact_page_by_page():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    campaign = make_campaign(dispatcher=dispatcher, lists=[make_audience(23)], status=Campaign.Status.SCHEDULED)
+
+    inserted = services.items_generate(page_size=5)
+
+    campaign.refresh_from_db()
+    assert inserted == 23
+    assert campaign.status == Campaign.Status.SENDING
+    assert statuses(campaign) == {S.PENDING: 23}
+
+
+def test_a_contact_on_two_lists_gets_one_item():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    first = make_audience(3, name="A")
+    second = make_audience(0, name="B")
+    second.contacts.add(*first.contacts.all())
+    campaign = make_campaign(dispatcher=dispatcher, lists=[first, second], status=Campaign.Status.SCHEDULED)
+
+    services.items_generate()
+
+    assert CampaignItem.objects.filter(campaign=campaign).count() == 3
+
+
+def test_it_skips_suppressed_unsubscribed_and_bounced_contacts_with_the_reason():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    audience = make_audience(5)
+    Contact.objects.filter(email="user0@example.org").update(status=Contact.Status.UNSUBSCRIBED)
+    Contact.objects.filter(email="user1@example.org").update(status=Contact.Status.BOUNCED)
+    Suppression.objects.create(pattern="user2@example.org")
+    campaign = make_campaign(dispatcher=dispatcher, lists=[audience], status=Campaign.Status.SCHEDULED)
+
+    services.items_generate()
+
+    reasons = dict(
+        CampaignItem.objects.filter(campaign=campaign, status=S.SKIPPED).values_list(
+            "contact__email", "skip_reason"
+        )
+    )
+    assert reasons == {
+        "user0@example.org": "unsubscribed",
+        "user1@example.org": "bounced",
+        "user2@example.org": "suppressed",
+    }
+    assert statuses(campaign)[S.PENDING] == 2
+
+
+def test_a_suppressed_domain_skips_every_address_in_it():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    Suppression.objects.create(pattern="*@example.org")
+    campaign = make_campaign(dispatcher=dispatcher, lists=[make_audience(4)], status=Campaign.Status.SCHEDULED)
+
+    services.items_generate()
+
+    assert statuses(campaign) == {S.SKIPPED: 4}
+
+
+def test_generating_again_creates_no_duplicates():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    campaign = make_campaign(dispatcher=dispatcher, lists=[make_audience(7)], status=Campaign.Status.SCHEDULED)
+    services.items_generate(page_size=3)
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.GENERATING, generated_through=0)
+
+    assert services.items_generate(page_size=3) == 0
+    assert CampaignItem.objects.filter(campaign=campaign).count() == 7
+
+
+def test_a_campaign_scheduled_for_later_is_not_generated_yet():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    campaign = make_campaign(dispatcher=dispatcher, lists=[make_audience(2)])
+    services.campaign_schedule(campaign=campaign, when=timezone.now() + timedelta(hours=1))
+
+    services.items_generate()
+
+    assert not CampaignItem.objects.filter(campaign=campaign).exists()
+
+
+# --- claim and rate limits --------------------------------------------------
+
+
+def test_claims_never_exceed_the_hourly_limit():
+    dispatcher = make_dispatcher(
+        delivery_mode="pickup", pickup_directory="/tmp/unused", messages_per_hour=12, batch_size=5
+    )
+    campaign = sending_campaign(30, dispatcher)
+
+    sizes = []
+    while (batch := services.batch_claim(dispatcher_id=dispatcher.pk)) is not None:
+        sizes.append(batch.size)
+        Batch.objects.filter(pk=batch.pk).update(finished_at=timezone.now())  # keep claiming
+
+    assert sizes == [5, 5, 2]
+    assert statuses(campaign) == {S.CLAIMED: 12, S.PENDING: 18}
+    assert sum(RateUsage.objects.values_list("count", flat=True)) == 12
+
+
+def test_a_disabled_dispatcher_claims_nothing():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused", is_enabled=False)
+    sending_campaign(3, dispatcher)
+
+    assert services.batch_claim(dispatcher_id=dispatcher.pk) is None
+
+
+def test_a_paused_campaign_is_not_claimed():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    campaign = sending_campaign(3, dispatcher)
+    assert services.campaign_pause(campaign=campaign)
+
+    assert services.batch_claim(dispatcher_id=dispatcher.pk) is None
+
+
+# --- send -------------------------------------------------------------------
+
+
+def test_it_sends_each_recipient_one_personalised_message(sink):
+    dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
+    campaign = sending_campaign(3, dispatcher)
+    batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+
+    assert services.batch_send(batch_id=batch.pk) == 3
+
+    assert sink.per_recipient() == {f"user{i}@example.org": 1 for i in range(3)}
+    by_rcpt = {r.recipients[0]: r.message for r in sink.received}
+    message = by_rcpt["user1@example.org"]
+    assert message["Subject"] == "Hello First1"
+    assert message["To"] == "First1 Last1 <user1@example.org>"
+    assert message["From"] == "Herald News <news@herald.test>"
+    assert "Dear First1 Last1" in message.get_body(("plain",)).get_content()
+    assert "<p>Dear First1,</p>" in message.get_body(("html",)).get_content()
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    item = CampaignItem.objects.get(campaign=campaign, contact__email="user1@example.org")
+    assert message["Message-ID"] == f"<{item.token}@herald.test>"
+    assert item.status == S.SENT
+    assert item.queue_id.startswith("Q")
+    assert item.smtp_code == 250
+
+
+def test_a_temporary_refusal_defers_the_item_with_back_off():
+    with SmtpSink(rcpt_rule=lambda a: "451 4.7.1 Try later" if a.startswith("user0@") else None) as sink:
+        dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
+        campaign = sending_campaign(2, dispatcher)
+        batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+        before = timezone.now()
+        services.batch_send(batch_id=batch.pk)
+
+    item = CampaignItem.objects.get(campaign=campaign, contact__email="user0@example.org")
+    assert item.status == S.DEFERRED
+    assert item.smtp_code == 451
+    assert item.next_attempt_at >= before + timedelta(minutes=5)
+    assert statuses(campaign) == {S.DEFERRED: 1, S.SENT: 1}
+
+
+def test_a_deferred_item_is_claimed_again_when_due():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    campaign = sending_campaign(1, dispatcher)
+    CampaignItem.objects.filter(campaign=campaign).update(
+        status=S.DEFERRED, next_attempt_at=timezone.now() + timedelta(minutes=1)
+    )
+    assert services.batch_claim(dispatcher_id=dispatcher.pk) is None
+
+    later = timezone.now() + timedelta(minutes=2)
+    assert services.batch_claim(dispatcher_id=dispatcher.pk, now=later).size == 1
+
+
+def test_a_bad_mailbox_fails_once_and_is_suppressed_for_the_next_campaign():
+    with SmtpSink(rcpt_rule=lambda a: "550 5.1.1 No such user" if a.startswith("user1@") else None) as sink:
+        dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
+        campaign = sending_campaign(3, dispatcher)
+        services.batch_send(batch_id=services.batch_claim(dispatcher_id=dispatcher.pk).pk)
+
+    assert statuses(campaign) == {S.SENT: 2, S.FAILED: 1}
+    assert Suppression.objects.filter(pattern="user1@example.org", source="bounce").exists()
+    second = make_campaign(dispatcher=dispatcher, lists=list(campaign.lists.all()), status=Campaign.Status.SCHEDULED)
+    services.items_generate()
+    assert CampaignItem.objects.get(campaign=second, contact__email="user1@example.org").status == S.SKIPPED
+
+
+def test_an_unreachable_server_puts_the_batch_back_untouched():
+    dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=free_port()))
+    campaign = sending_campaign(4, dispatcher)
+    batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+
+    assert services.batch_send(batch_id=batch.pk) == 0
+
+    assert statuses(campaign) == {S.PENDING: 4}
+    assert not CampaignItem.objects.filter(possibly_duplicated=True).exists()
+    batch.refresh_from_db()
+    assert batch.finished_at is not None
+    assert sum(RateUsage.objects.values_list("count", flat=True)) == 0  # budget given back
+
+
+def test_an_address_unsubscribed_after_generation_is_skipped_at_send_time(sink):
+    dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
+    campaign = sending_campaign(2, dispatcher)
+    Contact.objects.filter(email="user0@example.org").update(status=Contact.Status.UNSUBSCRIBED)
+
+    services.batch_send(batch_id=services.batch_claim(dispatcher_id=dispatcher.pk).pk)
+
+    assert sink.per_recipient() == {"user1@example.org": 1}
+    assert statuses(campaign) == {S.SENT: 1, S.SKIPPED: 1}
+
+
+def test_a_header_breaking_value_fails_that_item_and_sends_the_rest(sink):
+    dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
+    campaign = sending_campaign(2, dispatcher)
+    # Bypasses validation on purpose, as a raw import or SQL might.
+    Contact.objects.filter(email="user0@example.org").update(first_name="Eve\r\nBcc: all@victim.test")
+
+    services.batch_send(batch_id=services.batch_claim(dispatcher_id=dispatcher.pk).pk)
+
+    item = CampaignItem.objects.get(campaign=campaign, contact__email="user0@example.org")
+    assert item.status == S.FAILED
+    assert "Line breaks" in item.smtp_response
+    assert sink.per_recipient() == {"user1@example.org": 1}
+    assert all("all@victim.test" not in str(r.message) for r in sink.received)
+
+
+def test_a_redelivered_task_for_a_finished_batch_sends_nothing(sink):
+    dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
+    sending_campaign(2, dispatcher)
+    batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+    services.batch_send(batch_id=batch.pk)
+
+    assert services.batch_send(batch_id=batch.pk) == 0
+    assert len(sink.received) == 2
+
+
+# --- dead workers -----------------------------------------------------------
+
+
+def _other_session_holding(batch_id: int) -> psycopg.Connection:
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    other = psycopg.connect(**params, autocommit=True)
+    other.execute("SELECT pg_advisory_lock(%s, %s)", [services._LOCK_SPACE, batch_id])
+    return other
+
+
+def _started_batch(dispatcher, on_the_wire: int):
+    batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+    Batch.objects.filter(pk=batch.pk).update(started_at=timezone.now())
+    first = CampaignItem.objects.filter(batch=batch).order_by("id")[:on_the_wire]
+    CampaignItem.objects.filter(pk__in=list(first.values_list("pk", flat=True))).update(
+        sending_started_at=timezone.now()
+    )
+    return batch
+
+
+def test_a_batch_whose_worker_died_goes_back_with_the_in_flight_item_flagged():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    campaign = sending_campaign(3, dispatcher)
+    _started_batch(dispatcher, on_the_wire=1)
+
+    assert services.batches_reclaim(now=timezone.now()) == 3
+
+    assert statuses(campaign) == {S.PENDING: 3}
+    assert CampaignItem.objects.filter(possibly_duplicated=True).count() == 1
+
+
+def test_a_batch_still_being_sent_is_left_alone():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    campaign = sending_campaign(3, dispatcher)
+    batch = _started_batch(dispatcher, on_the_wire=1)
+    other = _other_session_holding(batch.pk)
+    try:
+        assert services.batches_reclaim(now=timezone.now()) == 0
+        assert services.batch_send(batch_id=batch.pk) == 0  # a duplicate task backs off
+    finally:
+        other.close()
+    assert statuses(campaign) == {S.CLAIMED: 3}
+
+
+def test_a_queued_batch_is_reclaimed_only_after_its_lease():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    campaign = sending_campaign(2, dispatcher)
+    batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+
+    assert services.batches_reclaim(now=timezone.now()) == 0
+    assert services.batches_reclaim(now=batch.lease_expires_at + timedelta(seconds=1)) == 2
+    assert statuses(campaign) == {S.PENDING: 2}
+
+
+# --- complete ---------------------------------------------------------------
+
+
+def test_a_campaign_completes_only_when_no_item_is_left_to_send(sink):
+    dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
+    campaign = sending_campaign(3, dispatcher)
+    Contact.objects.filter(email="user2@example.org").update(status=Contact.Status.BOUNCED)
+    batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+    assert services.campaigns_complete() == 0
+
+    services.batch_send(batch_id=batch.pk)
+    assert services.campaigns_complete() == 1
+
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.COMPLETED
+    assert (campaign.total_count, campaign.sent_count, campaign.skipped_count) == (3, 2, 1)
+
+
+def test_scheduling_needs_a_draft_with_a_list():
+    from django.core.exceptions import ValidationError
+
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    campaign = make_campaign(dispatcher=dispatcher, lists=[], template=make_template())
+    with pytest.raises(ValidationError, match="at least one list"):
+        services.campaign_schedule(campaign=campaign)
+    campaign.lists.set([make_audience(1)])
+    services.campaign_schedule(campaign=campaign)
+    campaign.refresh_from_db()
+    with pytest.raises(ValidationError, match="Only a draft"):
+        services.campaign_schedule(campaign=campaign)
