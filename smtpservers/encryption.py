@@ -103,6 +103,10 @@ class SecretFormField(forms.CharField):
     def prepare_value(self, value: Any) -> str:
         return ""
 
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        # Blank keeps the stored secret, so only a typed value is a change.
+        return bool(data)
+
 
 class EncryptedTextField(models.TextField):
     """A TextField stored as ciphertext whose Python value is a Secret."""

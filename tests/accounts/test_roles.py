@@ -471,14 +471,6 @@ def test_operator_permissions_are_exactly() -> None:
     assert permissions_of(OPERATOR) == OPERATOR_PERMISSIONS
 
 
-ROLES_NOT_RESYNCED = (
-    "accounts has no models module, so Django never sends post_migrate for it and "
-    "roles_sync_after_migrate never runs: the roles keep what the 0001 migration saw "
-    "(admin and sessions permissions missing; later models never land in the roles)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=ROLES_NOT_RESYNCED)
 def test_administrator_has_every_permission() -> None:
     everything = set(Permission.objects.values_list("content_type__app_label", "codename"))
     assert permissions_of(ADMINISTRATOR) == everything
@@ -505,7 +497,6 @@ def test_syncing_the_roles_restores_the_exact_sets() -> None:
     assert permissions_of(MARKETER) == MARKETER_PERMISSIONS
 
 
-@pytest.mark.xfail(strict=True, reason=ROLES_NOT_RESYNCED)
 def test_every_migrate_reapplies_the_role_table() -> None:
     operator = Group.objects.get(name=OPERATOR)
     operator.permissions.add(Permission.objects.get(codename="change_smtpserver"))

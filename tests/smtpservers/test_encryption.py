@@ -265,11 +265,6 @@ def test_a_bad_key_setting_is_a_clear_error(
         rotate()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SecretFormField.has_changed compares the stored Secret with '' and always says "
-    "changed, so the admin history records 'Changed Password.' when it was kept",
-)
 def test_keeping_the_password_is_not_recorded_as_a_change(
     server: SmtpServer, administrator_client: Client
 ) -> None:
