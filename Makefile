@@ -1,0 +1,63 @@
+# Herald: `make run` to use it, `make test` to test it. Needs only Python 3.11
+# and make: the virtualenv, PostgreSQL and the broker come with the project.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_FOR_VENV ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# Extra arguments for pytest: make test PYTEST_ARGS="-k outbox -x"
+PYTEST_ARGS ?=
+
+.PHONY: help run test lint bench clean
+
+help:
+	@echo "make run    start Herald (web, worker, beat; embedded PostgreSQL unless DATABASE_URL is set)"
+	@echo "make test   run the test suite (throwaway PostgreSQL and Redis unless DATABASE_URL/REDIS_URL are set)"
+	@echo "make lint   ruff check and ruff format --check"
+	@echo "make bench  run the benchmarks in bench/ (by hand; never in CI)"
+	@echo "make clean  remove the virtualenv, caches and collected static files (keeps var/ data)"
+
+$(PY):
+	@test -n "$(PYTHON_FOR_VENV)" || { echo "make: Python 3.11 (or python3) is needed"; exit 1; }
+	$(PYTHON_FOR_VENV) -m venv $(VENV)
+
+# Each stamp is newer than the lock files it installed, so pip runs again
+# only when a lock file changes.
+$(VENV)/.installed-runtime: requirements.lock | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@touch $@
+
+$(VENV)/.installed-dev: requirements.lock requirements-dev.lock | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.lock
+	@touch $@ $(VENV)/.installed-runtime
+
+run: $(VENV)/.installed-runtime
+	$(PY) -m config.launcher run
+
+# pytest exits 5 when it collects no test: a failure here, but in CI
+# (CI=true) reported loudly and passed, so an empty suite does not block.
+test: $(VENV)/.installed-dev
+	@rc=0; $(PY) -m config.launcher test -- tests $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then \
+	  echo "make test: pytest collected no tests (exit 5)"; \
+	  if [ "$${CI:-}" = true ]; then echo "make test: CI=true, so no tests is not a failure"; exit 0; fi; \
+	fi; \
+	exit $$rc
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Each bench/*.py runs as a plain script, with throwaway PostgreSQL and Redis
+# (or those of DATABASE_URL / REDIS_URL); see bench/README.md.
+bench: $(VENV)/.installed-dev
+	@shopt -s nullglob; files=(bench/*.py); \
+	if [ $${#files[@]} -eq 0 ]; then echo "make bench: no benchmarks in bench/ yet (see bench/README.md)"; exit 0; fi; \
+	PYTHONPATH=$(CURDIR) $(PY) -m config.launcher exec -- bash -c \
+	  'for f in "$$@"; do echo "== $$f"; "$(PY)" "$$f" || exit $$?; done' bench "$${files[@]}"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache var/static
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
