@@ -6,7 +6,15 @@ from django.template.loader import render_to_string
 from django.utils.safestring import SafeString
 
 from . import services
-from .models import Campaign, CampaignItem, Contact, ContactList, Subscription, Suppression, Template
+from .models import (
+    Campaign,
+    CampaignItem,
+    Contact,
+    ContactList,
+    Subscription,
+    Suppression,
+    Template,
+)
 from .selectors import campaign_progress
 
 
@@ -59,7 +67,14 @@ class CampaignAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         if obj is not None and obj.status != Campaign.Status.DRAFT:
-            return ("name", "template", "lists", "dispatcher", "scheduled_at", *self.readonly_fields)
+            return (
+                "name",
+                "template",
+                "lists",
+                "dispatcher",
+                "scheduled_at",
+                *self.readonly_fields,
+            )
         return self.readonly_fields
 
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
@@ -69,7 +84,9 @@ class CampaignAdmin(admin.ModelAdmin):
 
     @admin.display(description="progress")
     def progress(self, obj: Campaign) -> SafeString:
-        return SafeString(render_to_string("campaigns/progress.html", {"p": campaign_progress(campaign=obj)}))
+        return SafeString(
+            render_to_string("campaigns/progress.html", {"p": campaign_progress(campaign=obj)})
+        )
 
     def has_pause_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("campaigns.pause_campaign")
@@ -97,7 +114,15 @@ class CampaignAdmin(admin.ModelAdmin):
 
 @admin.register(CampaignItem)
 class CampaignItemAdmin(admin.ModelAdmin):
-    list_display = ("campaign", "contact", "status", "attempts", "sent_at", "smtp_code", "possibly_duplicated")
+    list_display = (
+        "campaign",
+        "contact",
+        "status",
+        "attempts",
+        "sent_at",
+        "smtp_code",
+        "possibly_duplicated",
+    )
     list_filter = ("status", "possibly_duplicated", "campaign")
     search_fields = ("contact__email",)
     list_select_related = ("campaign", "contact")

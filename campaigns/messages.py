@@ -7,6 +7,7 @@ recipient then costs only a render and a MIME build.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
@@ -17,6 +18,7 @@ from django.core.exceptions import ValidationError
 from django.template import Context, Engine
 from django.template import Template as DjangoTemplate
 from django.urls import reverse
+from django.utils.crypto import constant_time_compare, salted_hmac
 
 from dispatchers.models import Dispatcher
 from smtpservers.validators import validate_header_value
@@ -50,6 +52,31 @@ def template_compile(*, template: Template) -> CompiledTemplate:
 def unsubscribe_url(*, token: str) -> str:
     signed = signing.dumps(token, salt=UNSUBSCRIBE_SALT)
     return settings.HERALD_PUBLIC_URL + reverse("campaigns:unsubscribe", args=[signed])
+
+
+def _verp_signature(token: str) -> str:
+    # Short on purpose: the whole local part must stay within 64 octets.
+    return salted_hmac("herald.verp", token).hexdigest()[:12]
+
+
+def verp_address(*, token: str, domain: str) -> str:
+    """The return path that lets a bounce find its item: bounces+<token>.<sig>@domain."""
+    return f"bounces+{token}.{_verp_signature(token)}@{domain}"
+
+
+def verp_token(address: str) -> str | None:
+    """The item token of a VERP return path, or None if it is not ours."""
+    local = address.partition("@")[0]
+    if not local.startswith("bounces+"):
+        return None
+    token, _, signature = local.removeprefix("bounces+").partition(".")
+    if not constant_time_compare(signature, _verp_signature(token)):
+        return None
+    return token
+
+
+def bounce_domain(dispatcher: Dispatcher) -> str:
+    return settings.HERALD_BOUNCE_DOMAIN or dispatcher.from_email.rpartition("@")[2]
 
 
 def _context(contact: Contact, campaign: Campaign, token: str) -> Context:
@@ -89,7 +116,11 @@ def message_build(
     msg = EmailMessage()
     msg["Subject"] = _header(compiled.subject.render(context).strip())
     msg["From"] = _header(formataddr((dispatcher.from_name, dispatcher.from_email)))
-    msg["To"] = _header(str(Address(display_name=contact.full_name, addr_spec=contact.email)))
+    try:
+        to = str(Address(display_name=contact.full_name, addr_spec=contact.email))
+    except (ValueError, IndexError, HeaderParseError) as exc:
+        raise MessageBuildError(f"Cannot address {contact.email!r}: {exc}") from exc
+    msg["To"] = _header(to)
     if dispatcher.reply_to:
         msg["Reply-To"] = _header(dispatcher.reply_to)
     msg["Date"] = formatdate(localtime=False)

@@ -70,6 +70,9 @@ class Subscription(models.Model):
             models.UniqueConstraint(fields=["contact_list", "contact"], name="subscription_unique")
         ]
 
+    def __str__(self) -> str:
+        return f"{self.contact} on {self.contact_list}"
+
 
 class Suppression(models.Model):
     class Source(models.TextChoices):
@@ -133,12 +136,27 @@ class Campaign(models.Model):
         PAUSED = "paused", "Paused"
         CANCELLED = "cancelled", "Cancelled"
 
+    class Kind(models.TextChoices):
+        REGULAR = "regular", "Regular campaign"
+        AUTORESPONDER = "autoresponder", "Autoresponder"
+
     name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.REGULAR)
+    autoresponder_delay = models.DurationField(
+        null=True,
+        blank=True,
+        help_text="Autoresponders: how long after a contact subscribes to one of the lists "
+        "the message goes out (e.g. 1 day).",
+    )
     template = models.ForeignKey(Template, on_delete=models.PROTECT)
     lists = models.ManyToManyField(ContactList, related_name="campaigns")
     dispatcher = models.ForeignKey(Dispatcher, on_delete=models.PROTECT, related_name="campaigns")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
     scheduled_at = models.DateTimeField(null=True, blank=True)
+    paused_reason = models.CharField(max_length=255, blank=True)
+    # Send errors in a row (failed or deferred); at
+    # HERALD_CAMPAIGN_MAX_CONSECUTIVE_ERRORS the campaign pauses itself.
+    consecutive_errors = models.PositiveIntegerField(default=0, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     # Keyset cursor of item generation: the last contact id paged in, so a
@@ -162,6 +180,10 @@ class Campaign(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        if self.kind == self.Kind.AUTORESPONDER and self.autoresponder_delay is None:
+            raise ValidationError({"autoresponder_delay": "An autoresponder needs a delay."})
 
     @property
     def is_live(self) -> bool:

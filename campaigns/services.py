@@ -16,12 +16,22 @@ from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from dispatchers.models import Dispatcher
+from dispatchers.pool import Completion, SendPool
 from dispatchers.ratelimit import rate_budget, rate_refund, rate_spend
+from dispatchers.services import dispatcher_pause
 from dispatchers.transports import ConnectionLost, Outcome, SendResult, transport_for
+from jobs.services import notification_raise
 
-from .messages import CompiledTemplate, MessageBuildError, message_build, template_compile
-from .selectors import campaign_counts
+from .messages import (
+    CompiledTemplate,
+    MessageBuildError,
+    bounce_domain,
+    message_build,
+    template_compile,
+    verp_address,
+)
 from .models import Batch, Campaign, CampaignItem, Contact, Subscription, Suppression
+from .selectors import campaign_counts
 
 logger = logging.getLogger(__name__)
 Item = CampaignItem
@@ -40,18 +50,26 @@ def campaign_schedule(*, campaign: Campaign, when: datetime | None = None) -> No
         raise ValidationError(f"Only a draft can be scheduled; this one is {campaign.status}.")
     if not campaign.lists.exists():
         raise ValidationError("Choose at least one list to send to.")
-    updated = Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.DRAFT).update(
-        status=Campaign.Status.SCHEDULED, scheduled_at=when or timezone.now()
-    )
+    when = when or timezone.now()
+    if campaign.kind == Campaign.Kind.AUTORESPONDER:
+        # An autoresponder has no audience to page in: it answers those who
+        # subscribe from now on, so it starts "sending" straight away.
+        fields = {"status": Campaign.Status.SENDING, "scheduled_at": when, "started_at": when}
+    else:
+        fields = {"status": Campaign.Status.SCHEDULED, "scheduled_at": when}
+    updated = Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.DRAFT).update(**fields)
     if updated != 1:
         raise ValidationError("The campaign changed meanwhile; reload and try again.")
 
 
-def campaign_pause(*, campaign: Campaign) -> bool:
+def campaign_pause(*, campaign: Campaign, reason: str = "") -> bool:
     live = [Campaign.Status.SCHEDULED, Campaign.Status.GENERATING, Campaign.Status.SENDING]
-    return Campaign.objects.filter(pk=campaign.pk, status__in=live).update(
-        status=Campaign.Status.PAUSED
-    ) == 1
+    return (
+        Campaign.objects.filter(pk=campaign.pk, status__in=live).update(
+            status=Campaign.Status.PAUSED, paused_reason=reason[:255]
+        )
+        == 1
+    )
 
 
 def campaign_resume(*, campaign: Campaign) -> bool:
@@ -60,15 +78,21 @@ def campaign_resume(*, campaign: Campaign) -> bool:
     if campaign.status != Campaign.Status.PAUSED:
         return False
     target = Campaign.Status.SENDING if campaign.started_at else Campaign.Status.SCHEDULED
-    return Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.PAUSED).update(
-        status=target
-    ) == 1
+    return (
+        Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.PAUSED).update(
+            status=target, paused_reason="", consecutive_errors=0
+        )
+        == 1
+    )
 
 
 # --- generate items ----------------------------------------------------------
 
-_GENERATE_SQL = """
-WITH page AS (
+# The audience page differs between a campaign (everyone on its lists, by
+# contact id) and an autoresponder (new subscribers whose delay is over);
+# what happens to the page is shared: each contact gets an item, pending
+# or skipped with its reason, and a rerun inserts nothing twice.
+_CAMPAIGN_PAGE = """
     SELECT c.id, c.email, c.status
     FROM {contact} c
     WHERE c.id > %(after)s
@@ -78,7 +102,23 @@ WITH page AS (
         WHERE s.contact_id = c.id AND cl.campaign_id = %(campaign)s)
     ORDER BY c.id
     LIMIT %(size)s
-), verdict AS (
+"""
+
+_AUTORESPONDER_PAGE = """
+    SELECT DISTINCT c.id, c.email, c.status
+    FROM {contact} c
+    JOIN {subscription} s ON s.contact_id = c.id
+    JOIN {campaign_lists} cl ON cl.contactlist_id = s.contact_list_id
+    WHERE cl.campaign_id = %(campaign)s
+      AND s.created_at >= %(since)s AND s.created_at <= %(due)s
+      AND NOT EXISTS (
+        SELECT 1 FROM {item} i WHERE i.campaign_id = %(campaign)s AND i.contact_id = c.id)
+    ORDER BY c.id
+    LIMIT %(size)s
+"""
+
+_ITEMS_FROM_PAGE = """
+WITH page AS ({page}), verdict AS (
     SELECT p.id,
         CASE WHEN p.status <> 'active' THEN p.status
              WHEN EXISTS (
@@ -101,14 +141,22 @@ SELECT (SELECT count(*) FROM page), (SELECT max(id) FROM page), (SELECT count(*)
 """
 
 
-def _generate_sql() -> str:
-    return _GENERATE_SQL.format(
-        contact=Contact._meta.db_table,
-        subscription=Subscription._meta.db_table,
-        campaign_lists=Campaign.lists.through._meta.db_table,
-        suppression=Suppression._meta.db_table,
-        item=CampaignItem._meta.db_table,
-    )
+def _items_sql(page: str) -> str:
+    tables = {
+        "contact": Contact._meta.db_table,
+        "subscription": Subscription._meta.db_table,
+        "campaign_lists": Campaign.lists.through._meta.db_table,
+        "suppression": Suppression._meta.db_table,
+        "item": CampaignItem._meta.db_table,
+    }
+    return _ITEMS_FROM_PAGE.format(page=page.format(**tables), **tables)
+
+
+def _items_insert(page: str, params: dict[str, object]) -> tuple[int, int | None, int]:
+    """Run one page; returns (contacts paged, last contact id, items inserted)."""
+    with connection.cursor() as cur:
+        cur.execute(_items_sql(page), params)
+        return cur.fetchone()
 
 
 def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]:
@@ -127,12 +175,10 @@ def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]
         )
         if campaign is None:
             return True, 0
-        with connection.cursor() as cur:
-            cur.execute(
-                _generate_sql(),
-                {"after": campaign.generated_through, "campaign": campaign.pk, "size": page_size},
-            )
-            paged, last_id, inserted = cur.fetchone()
+        paged, last_id, inserted = _items_insert(
+            _CAMPAIGN_PAGE,
+            {"after": campaign.generated_through, "campaign": campaign.pk, "size": page_size},
+        )
         done = paged < page_size
         campaign.generated_through = last_id or campaign.generated_through
         campaign.status = Campaign.Status.SENDING if done else Campaign.Status.GENERATING
@@ -147,7 +193,8 @@ def items_generate(*, now: datetime | None = None, page_size: int | None = None)
     page_size = page_size or settings.HERALD_ITEMS_PAGE_SIZE
     due = Campaign.objects.filter(
         Q(status=Campaign.Status.SCHEDULED, scheduled_at__lte=now)
-        | Q(status=Campaign.Status.GENERATING)
+        | Q(status=Campaign.Status.GENERATING),
+        kind=Campaign.Kind.REGULAR,
     ).values_list("pk", flat=True)
     total = 0
     for campaign_id in list(due):
@@ -155,6 +202,32 @@ def items_generate(*, now: datetime | None = None, page_size: int | None = None)
         while not done:
             done, inserted = items_generate_page(campaign_id=campaign_id, page_size=page_size)
             total += inserted
+    return total
+
+
+def autoresponders_process(*, now: datetime | None = None, page_size: int | None = None) -> int:
+    """Create the items of autoresponders whose trigger is due: contacts who
+    subscribed to one of the lists after the autoresponder started, once
+    its delay has passed. Set-based, page by page, safe to run twice."""
+    now = now or timezone.now()
+    page_size = page_size or settings.HERALD_ITEMS_PAGE_SIZE
+    total = 0
+    autoresponders = Campaign.objects.filter(
+        kind=Campaign.Kind.AUTORESPONDER, status=Campaign.Status.SENDING
+    )
+    for campaign in autoresponders:
+        params = {
+            "campaign": campaign.pk,
+            "since": campaign.started_at,
+            "due": now - campaign.autoresponder_delay,
+            "size": page_size,
+            "after": 0,
+        }
+        while True:
+            paged, _, inserted = _items_insert(_AUTORESPONDER_PAGE, params)
+            total += inserted
+            if paged < page_size or not inserted:
+                break
     return total
 
 
@@ -193,7 +266,9 @@ def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | N
         if not ids:
             return None
         lease = timedelta(seconds=settings.HERALD_BATCH_LEASE_SECONDS)
-        batch = Batch.objects.create(dispatcher=dispatcher, lease_expires_at=now + lease, size=len(ids))
+        batch = Batch.objects.create(
+            dispatcher=dispatcher, lease_expires_at=now + lease, size=len(ids)
+        )
         CampaignItem.objects.filter(id__in=ids).update(status=S.CLAIMED, batch=batch)
         rate_spend(dispatcher=dispatcher, count=len(ids), now=now)
         queue = dispatcher.queue
@@ -246,7 +321,9 @@ def batch_release(*, batch: Batch, now: datetime) -> int:
         released = claimed.update(status=S.PENDING, batch=None, sending_started_at=None)
         closed = Batch.objects.filter(pk=batch.pk, finished_at__isnull=True).update(finished_at=now)
         if closed:
-            rate_refund(dispatcher_id=batch.dispatcher_id, count=released, spent_at=batch.created_at)
+            rate_refund(
+                dispatcher_id=batch.dispatcher_id, count=released, spent_at=batch.created_at
+            )
     return released
 
 
@@ -270,7 +347,9 @@ def batches_reclaim(*, now: datetime) -> int:
 
 def _retry_delay(attempts: int) -> timedelta:
     first = settings.HERALD_RETRY_FIRST_SECONDS
-    return timedelta(seconds=min(first * 2 ** max(attempts - 1, 0), settings.HERALD_RETRY_MAX_SECONDS))
+    return timedelta(
+        seconds=min(first * 2 ** max(attempts - 1, 0), settings.HERALD_RETRY_MAX_SECONDS)
+    )
 
 
 def item_record_result(*, item: CampaignItem, result: SendResult, now: datetime) -> str:
@@ -355,73 +434,183 @@ def batch_send(*, batch_id: int) -> int:
         Batch.objects.filter(pk=batch_id).update(started_at=now, lease_expires_at=now + lease)
         _synchronous_commit(False)
         try:
-            settled = _batch_send_items(batch)
+            run = _BatchRun(batch)
+            run.send_all()
         finally:
             _synchronous_commit(True)
-        if settled is None:
-            # The server failed: give the unsent rest back for the next claim.
-            batch_release(batch=batch, now=timezone.now())
-            return 0
-        Batch.objects.filter(pk=batch_id, finished_at__isnull=True).update(finished_at=timezone.now())
-        return settled
+        run.close()
+        return run.settled
 
 
-def _batch_send_items(batch: Batch) -> int | None:
-    """Send every claimed item of the batch; None when the server failed."""
-    dispatcher = batch.dispatcher
-    items = (
-        CampaignItem.objects.filter(batch=batch, status=S.CLAIMED)
-        .select_related("contact", "campaign__template")
-        .order_by("id")
+class _BatchRun:
+    """One pass over a batch: build each message, send it on the pool,
+    record each result as it comes back."""
+
+    # How often the run re-reads which campaigns are still sending, so a
+    # pause takes effect within seconds, not at the end of the batch.
+    REFRESH_EVERY = 200
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.dispatcher = batch.dispatcher
+        self.settled = 0
+        self.lost: ConnectionLost | None = None
+        self.compiled: dict[int, CompiledTemplate] = {}
+        self.sending: set[int] = set()
+        self.errors: dict[int, int] = {}  # campaign id -> errors since its last success
+        self.succeeded: set[int] = set()
+
+    def items(self) -> Iterator[CampaignItem]:
+        return (
+            CampaignItem.objects.filter(batch=self.batch, status=S.CLAIMED)
+            .select_related("contact", "campaign__template")
+            .order_by("id")
+            .iterator(chunk_size=500)
+        )
+
+    def send_all(self) -> None:
+        # A message that was on the wire when an earlier worker died may
+        # have been delivered: sending it again is flagged, never hidden.
+        CampaignItem.objects.filter(
+            batch=self.batch, status=S.CLAIMED, sending_started_at__isnull=False
+        ).update(possibly_duplicated=True)
+        pool: SendPool[CampaignItem] = SendPool(
+            lambda: transport_for(self.dispatcher), self.dispatcher.connections
+        )
+        try:
+            for count, item in enumerate(self.items()):
+                if count % self.REFRESH_EVERY == 0:
+                    self.sending = _sending_campaigns(self.batch)
+                if self.lost is not None:
+                    break
+                self._submit(pool, item)
+                while pool.full:
+                    self._collect(pool.completed(block=True))
+                self._collect(pool.completed(block=False))
+            self._collect(pool.drain())
+        finally:
+            pool.close()
+
+    def _submit(self, pool: SendPool[CampaignItem], item: CampaignItem) -> None:
+        campaign = item.campaign
+        if campaign.pk not in self.sending:
+            return  # paused or cancelled meanwhile: released at the end
+        reason = _is_suppressed(item.contact)
+        if reason:
+            _item_skip(item, reason)
+            self.settled += 1
+            return
+        if campaign.template_id not in self.compiled:
+            self.compiled[campaign.template_id] = template_compile(template=campaign.template)
+        try:
+            message = message_build(
+                compiled=self.compiled[campaign.template_id],
+                item=item,
+                contact=item.contact,
+                campaign=campaign,
+                dispatcher=self.dispatcher,
+            )
+        except MessageBuildError as exc:
+            _item_fail(item, str(exc), timezone.now())
+            self.settled += 1
+            return
+        CampaignItem.objects.filter(pk=item.pk).update(sending_started_at=timezone.now())
+        sender = verp_address(token=item.token, domain=bounce_domain(self.dispatcher))
+        pool.submit(item, message, sender=sender, recipient=item.contact.email)
+
+    def _collect(self, outcomes: Iterator[Completion[CampaignItem]]) -> None:
+        for outcome in outcomes:
+            item = outcome.key
+            if outcome.result is None:
+                self._lose(item, outcome.lost)
+                continue
+            status = item_record_result(item=item, result=outcome.result, now=timezone.now())
+            self.settled += 1
+            self._count(item.campaign_id, ok=status == S.SENT)
+
+    def _lose(self, item: CampaignItem, lost: ConnectionLost | None) -> None:
+        if lost is not None and not lost.maybe_delivered:
+            CampaignItem.objects.filter(pk=item.pk).update(sending_started_at=None)
+        self.lost = self.lost or lost
+
+    def _count(self, campaign_id: int, *, ok: bool) -> None:
+        if ok:
+            self.errors[campaign_id] = 0
+            self.succeeded.add(campaign_id)
+        else:
+            self.errors[campaign_id] = self.errors.get(campaign_id, 0) + 1
+
+    def close(self) -> None:
+        """Settle the batch: give back what was not sent, update health."""
+        now = timezone.now()
+        unsent = CampaignItem.objects.filter(batch=self.batch, status=S.CLAIMED).exists()
+        if unsent:
+            batch_release(batch=self.batch, now=now)
+        else:
+            Batch.objects.filter(pk=self.batch.pk, finished_at__isnull=True).update(finished_at=now)
+        if self.lost is not None and self.settled == 0:
+            dispatcher_record_failure(dispatcher=self.dispatcher, error=str(self.lost))
+        elif self.settled:
+            dispatcher_record_success(dispatcher=self.dispatcher)
+        for campaign_id, errors in self.errors.items():
+            campaign_record_errors(
+                campaign_id=campaign_id, trailing=errors, reset=campaign_id in self.succeeded
+            )
+
+
+def _sending_campaigns(batch: Batch) -> set[int]:
+    campaign_ids = CampaignItem.objects.filter(batch=batch).values("campaign_id")
+    return set(
+        Campaign.objects.filter(pk__in=campaign_ids, status=Campaign.Status.SENDING).values_list(
+            "pk", flat=True
+        )
     )
-    compiled: dict[int, CompiledTemplate] = {}
-    settled = 0
-    try:
-        transport = transport_for(dispatcher)
-        transport.open()
-    except ConnectionLost as exc:
-        logger.warning("dispatcher %s: cannot connect: %s", dispatcher, exc)
-        return None
-    try:
-        for item in items:
-            campaign = item.campaign
-            if campaign.status != Campaign.Status.SENDING:
-                continue  # paused or cancelled: left claimed, released below
-            reason = _is_suppressed(item.contact)
-            if reason:
-                _item_skip(item, reason)
-                settled += 1
-                continue
-            if campaign.template_id not in compiled:
-                compiled[campaign.template_id] = template_compile(template=campaign.template)
-            try:
-                message = message_build(
-                    compiled=compiled[campaign.template_id],
-                    item=item,
-                    contact=item.contact,
-                    campaign=campaign,
-                    dispatcher=dispatcher,
-                )
-            except MessageBuildError as exc:
-                _item_fail(item, str(exc), timezone.now())
-                settled += 1
-                continue
-            CampaignItem.objects.filter(pk=item.pk).update(sending_started_at=timezone.now())
-            try:
-                result = transport.send(message, sender=dispatcher.from_email, recipient=item.contact.email)
-            except ConnectionLost as exc:
-                logger.warning("dispatcher %s: connection lost: %s", dispatcher, exc)
-                if not exc.maybe_delivered:
-                    CampaignItem.objects.filter(pk=item.pk).update(sending_started_at=None)
-                return None
-            item_record_result(item=item, result=result, now=timezone.now())
-            settled += 1
-    finally:
-        transport.close()
-    # Items left claimed (their campaign was paused meanwhile) go back.
-    if CampaignItem.objects.filter(batch=batch, status=S.CLAIMED).exists():
-        batch_release(batch=batch, now=timezone.now())
-    return settled
+
+
+# --- health: dispatchers and campaigns that keep failing ---------------------
+
+
+def dispatcher_record_failure(*, dispatcher: Dispatcher, error: str) -> None:
+    """A batch could not reach or log in to its server. Enough of those in a
+    row pause the dispatcher, instead of burning through the audience."""
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(
+        consecutive_failures=F("consecutive_failures") + 1, last_error=error[:500]
+    )
+    dispatcher.refresh_from_db(fields=["consecutive_failures", "is_enabled"])
+    limit = settings.HERALD_DISPATCHER_MAX_FAILURES
+    if dispatcher.is_enabled and dispatcher.consecutive_failures >= limit:
+        reason = f"Paused after {dispatcher.consecutive_failures} failed connections: {error}"
+        if dispatcher_pause(dispatcher=dispatcher, reason=reason):
+            notification_raise(
+                key=f"dispatcher:{dispatcher.pk}:paused",
+                title=f"Dispatcher {dispatcher.name} paused itself",
+                message=reason,
+                level="error",
+            )
+
+
+def dispatcher_record_success(*, dispatcher: Dispatcher) -> None:
+    Dispatcher.objects.filter(pk=dispatcher.pk).exclude(consecutive_failures=0).update(
+        consecutive_failures=0, last_error=""
+    )
+
+
+def campaign_record_errors(*, campaign_id: int, trailing: int, reset: bool) -> None:
+    """Keep the campaign's run of send errors; too long a run pauses it."""
+    new = F("consecutive_errors") + trailing if not reset else trailing
+    Campaign.objects.filter(pk=campaign_id).update(consecutive_errors=new)
+    limit = settings.HERALD_CAMPAIGN_MAX_CONSECUTIVE_ERRORS
+    campaign = Campaign.objects.get(pk=campaign_id)
+    if campaign.consecutive_errors < limit or campaign.status != Campaign.Status.SENDING:
+        return
+    reason = f"Paused after {campaign.consecutive_errors} send errors in a row."
+    if campaign_pause(campaign=campaign, reason=reason):
+        notification_raise(
+            key=f"campaign:{campaign_id}:paused",
+            title=f"Campaign {campaign.name} paused itself",
+            message=reason + " Check the dispatcher and the last item errors, then resume.",
+            level="error",
+        )
 
 
 # --- complete ----------------------------------------------------------------
@@ -432,21 +621,24 @@ def campaigns_complete(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     live = CampaignItem.objects.filter(campaign=OuterRef("pk"), status__in=CampaignItem.LIVE)
     done = 0
-    for campaign in Campaign.objects.filter(status=Campaign.Status.SENDING).exclude(Exists(live)):
+    finished = Campaign.objects.filter(
+        status=Campaign.Status.SENDING, kind=Campaign.Kind.REGULAR
+    ).exclude(Exists(live))
+    for campaign in finished:
         counts = campaign_counts(campaign_id=campaign.pk)
-        done += Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.SENDING).exclude(
-            Exists(live)
-        ).update(
-            status=Campaign.Status.COMPLETED,
-            completed_at=now,
-            total_count=sum(counts.values()),
-            sent_count=counts.get(S.SENT, 0),
-            failed_count=counts.get(S.FAILED, 0) + counts.get(S.BOUNCED, 0),
-            skipped_count=counts.get(S.SKIPPED, 0),
+        done += (
+            Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.SENDING)
+            .exclude(Exists(live))
+            .update(
+                status=Campaign.Status.COMPLETED,
+                completed_at=now,
+                total_count=sum(counts.values()),
+                sent_count=counts.get(S.SENT, 0),
+                failed_count=counts.get(S.FAILED, 0) + counts.get(S.BOUNCED, 0),
+                skipped_count=counts.get(S.SKIPPED, 0),
+            )
         )
     return done
-
-
 
 
 # --- unsubscribe -------------------------------------------------------------

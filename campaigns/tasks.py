@@ -28,3 +28,8 @@ def send_batch(batch_id: int) -> int:
 @shared_task(name=Job.MARK_COMPLETED.value)
 def mark_completed() -> int:
     return job_run_record(job=Job.MARK_COMPLETED, work=services.campaigns_complete)
+
+
+@shared_task(name=Job.PROCESS_AUTORESPONDERS.value)
+def process_autoresponders() -> int:
+    return job_run_record(job=Job.PROCESS_AUTORESPONDERS, work=services.autoresponders_process)

@@ -14,7 +14,9 @@ def unsubscribe(request: HttpRequest, signed: str) -> HttpResponse:
     except signing.BadSignature:
         return render(request, "campaigns/unsubscribe.html", {"invalid": True}, status=404)
     if request.method == "POST":
-        email = contact_unsubscribe(token=token, source="one-click" if "List-Unsubscribe" in request.POST else "link")
+        email = contact_unsubscribe(
+            token=token, source="one-click" if "List-Unsubscribe" in request.POST else "link"
+        )
         if email is None:
             return render(request, "campaigns/unsubscribe.html", {"invalid": True}, status=404)
         return render(request, "campaigns/unsubscribe.html", {"done": True, "email": email})

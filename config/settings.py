@@ -96,7 +96,13 @@ HERALD_BATCH_LEASE_SECONDS = env.int("HERALD_BATCH_LEASE_SECONDS", default=600)
 HERALD_RETRY_FIRST_SECONDS = env.int("HERALD_RETRY_FIRST_SECONDS", default=300)
 HERALD_RETRY_MAX_SECONDS = env.int("HERALD_RETRY_MAX_SECONDS", default=4 * 3600)
 HERALD_RETRY_GIVE_UP_SECONDS = env.int("HERALD_RETRY_GIVE_UP_SECONDS", default=3 * 86400)
-HERALD_JOB_INTERVAL_SECONDS = env.int("HERALD_JOB_INTERVAL_SECONDS", default=5)
+HERALD_DISPATCHER_MAX_FAILURES = env.int("HERALD_DISPATCHER_MAX_FAILURES", default=5)
+HERALD_CAMPAIGN_MAX_CONSECUTIVE_ERRORS = env.int(
+    "HERALD_CAMPAIGN_MAX_CONSECUTIVE_ERRORS", default=100
+)
+# Where bounces come back: the domain of the VERP return path. Empty means
+# the domain of each dispatcher's sender address.
+HERALD_BOUNCE_DOMAIN = env.str("HERALD_BOUNCE_DOMAIN", default="")
 
 # --- Celery -----------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=env.str("REDIS_URL", default=""))

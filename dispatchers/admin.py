@@ -8,14 +8,47 @@ from .services import dispatcher_pause, dispatcher_resume
 
 @admin.register(Dispatcher)
 class DispatcherAdmin(admin.ModelAdmin):
-    list_display = ("name", "type", "server_name", "queue", "delivery_mode", "messages_per_hour", "batch_size", "is_enabled", "paused_reason")
+    list_display = (
+        "name",
+        "type",
+        "server_name",
+        "queue",
+        "delivery_mode",
+        "messages_per_hour",
+        "batch_size",
+        "is_enabled",
+        "paused_reason",
+    )
     list_filter = ("type", "delivery_mode", "is_enabled")
     search_fields = ("name", "server_name", "from_email")
     readonly_fields = ("worker_command", "paused_reason")
     actions = ("pause", "resume")
     fieldsets = (
-        (None, {"fields": ("name", "server_name", "worker_command", "type", "is_enabled", "paused_reason")}),
-        ("Sending", {"fields": ("messages_per_hour", "batch_size", "delivery_mode", "smtp_server", "pickup_directory")}),
+        (
+            None,
+            {
+                "fields": (
+                    "name",
+                    "server_name",
+                    "worker_command",
+                    "type",
+                    "is_enabled",
+                    "paused_reason",
+                )
+            },
+        ),
+        (
+            "Sending",
+            {
+                "fields": (
+                    "messages_per_hour",
+                    "batch_size",
+                    "delivery_mode",
+                    "smtp_server",
+                    "pickup_directory",
+                )
+            },
+        ),
         ("Login information", {"fields": ("from_email", "from_name", "reply_to")}),
     )
 

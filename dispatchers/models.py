@@ -1,7 +1,7 @@
 import re
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from smtpservers.models import SmtpServer
@@ -40,7 +40,9 @@ class Dispatcher(models.Model):
         help_text="The computer the dispatcher runs on: its outbound work goes to that "
         "computer's worker queue.",
     )
-    type = models.CharField("dispatcher type", max_length=5, choices=Type.choices, default=Type.EMAIL)
+    type = models.CharField(
+        "dispatcher type", max_length=5, choices=Type.choices, default=Type.EMAIL
+    )
     is_enabled = models.BooleanField("enable dispatcher", default=True)
     paused_reason = models.CharField(max_length=255, blank=True)
     messages_per_hour = models.PositiveIntegerField(
@@ -49,6 +51,16 @@ class Dispatcher(models.Model):
     batch_size = models.PositiveIntegerField(
         "volume of mails per batch", default=100, validators=[MinValueValidator(1)]
     )
+    connections = models.PositiveSmallIntegerField(
+        "parallel connections",
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(50)],
+        help_text="How many SMTP sessions one batch sends over at once, each reused.",
+    )
+    # Batches in a row that could not reach or log in to the server; at
+    # HERALD_DISPATCHER_MAX_FAILURES the dispatcher pauses itself.
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    last_error = models.CharField(max_length=500, blank=True, editable=False)
     delivery_mode = models.CharField(
         max_length=10, choices=DeliveryMode.choices, default=DeliveryMode.SMTP
     )
@@ -63,9 +75,7 @@ class Dispatcher(models.Model):
     pickup_directory = models.CharField(
         max_length=500, blank=True, help_text="For the local outbox: where .eml files are written."
     )
-    from_email = models.EmailField(
-        "e-mail address", blank=True, validators=[validate_header_value]
-    )
+    from_email = models.EmailField("e-mail address", blank=True, validators=[validate_header_value])
     from_name = models.CharField(
         "sender name", max_length=200, blank=True, validators=[validate_header_value]
     )
@@ -92,7 +102,9 @@ class Dispatcher(models.Model):
             if self.delivery_mode == self.DeliveryMode.SMTP and not self.smtp_server_id:
                 raise ValidationError({"smtp_server": "Choose the SMTP server to relay through."})
             if self.delivery_mode == self.DeliveryMode.PICKUP and not self.pickup_directory:
-                raise ValidationError({"pickup_directory": "Give the folder to write .eml files to."})
+                raise ValidationError(
+                    {"pickup_directory": "Give the folder to write .eml files to."}
+                )
 
 
 class RateUsage(models.Model):
@@ -105,5 +117,10 @@ class RateUsage(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["dispatcher", "minute"], name="rate_usage_unique_minute")
+            models.UniqueConstraint(
+                fields=["dispatcher", "minute"], name="rate_usage_unique_minute"
+            )
         ]
+
+    def __str__(self) -> str:
+        return f"{self.dispatcher}: {self.count} at {self.minute:%H:%M}"

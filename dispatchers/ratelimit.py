@@ -25,8 +25,9 @@ def _minute(moment: datetime) -> datetime:
 def rate_budget(*, dispatcher: Dispatcher, now: datetime) -> int:
     """Messages the dispatcher may still reserve in the window ending now."""
     used = (
-        RateUsage.objects.filter(dispatcher=dispatcher, minute__gt=_minute(now) - WINDOW)
-        .aggregate(total=Sum("count"))["total"]
+        RateUsage.objects.filter(dispatcher=dispatcher, minute__gt=_minute(now) - WINDOW).aggregate(
+            total=Sum("count")
+        )["total"]
         or 0
     )
     return max(dispatcher.messages_per_hour - used, 0)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable
 
+from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from .models import JobRun
+from .models import JobRun, Notification
+
+logger = logging.getLogger(__name__)
 
 
 def job_run_record(*, job: str, work: Callable[[], int]) -> int:
@@ -31,3 +36,23 @@ def job_run_record(*, job: str, work: Callable[[], int]) -> int:
     run.finished_at = timezone.now()
     run.save(update_fields=["outcome", "items_processed", "finished_at"])
     return processed
+
+
+def notification_raise(*, key: str, title: str, message: str = "", level: str = "warning") -> None:
+    """Raise (or repeat) the open notification for ``key``."""
+    logger.warning("notification %s: %s", key, title)
+    fields = {"title": title, "message": message, "level": level}
+    open_one = Notification.objects.filter(key=key, resolved_at__isnull=True)
+    if open_one.update(occurrences=F("occurrences") + 1, updated_at=timezone.now(), **fields):
+        return
+    try:
+        with transaction.atomic():
+            Notification.objects.create(key=key, **fields)
+    except IntegrityError:  # raised by a concurrent caller meanwhile
+        open_one.update(occurrences=F("occurrences") + 1, updated_at=timezone.now(), **fields)
+
+
+def notification_resolve(*, key: str) -> None:
+    Notification.objects.filter(key=key, resolved_at__isnull=True).update(
+        resolved_at=timezone.now()
+    )

@@ -9,6 +9,20 @@ class SmtpServerAdmin(admin.ModelAdmin):
     list_filter = ("security", "auth_method", "is_active")
     search_fields = ("name", "host")
     fieldsets = (
-        (None, {"fields": ("name", "host", "port", "security", "verify_certificate", "timeout", "helo_name", "is_active")}),
+        (
+            None,
+            {
+                "fields": (
+                    "name",
+                    "host",
+                    "port",
+                    "security",
+                    "verify_certificate",
+                    "timeout",
+                    "helo_name",
+                    "is_active",
+                )
+            },
+        ),
         ("Login information", {"fields": ("auth_method", "username", "password")}),
     )

@@ -43,7 +43,9 @@ def make_template(**extra: object) -> Template:
     return Template.objects.create(**fields)
 
 
-def make_audience(count: int, *, name: str = "Newsletter", domain: str = "example.org") -> ContactList:
+def make_audience(
+    count: int, *, name: str = "Newsletter", domain: str = "example.org"
+) -> ContactList:
     contact_list = ContactList.objects.create(name=name)
     contacts = Contact.objects.bulk_create(
         Contact(email=f"user{i}@{domain}", first_name=f"First{i}", last_name=f"Last{i}")
@@ -56,7 +58,10 @@ def make_audience(count: int, *, name: str = "Newsletter", domain: str = "exampl
 
 
 def make_campaign(
-    *, dispatcher: Dispatcher, lists: list[ContactList], template: Template | None = None,
+    *,
+    dispatcher: Dispatcher,
+    lists: list[ContactList],
+    template: Template | None = None,
     status: str = Campaign.Status.DRAFT,
 ) -> Campaign:
     campaign = Campaign.objects.create(

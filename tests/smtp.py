@@ -6,8 +6,11 @@ who got what, and how often."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
+import logging
+import random
 import socket
 import threading
 from collections import Counter
@@ -17,6 +20,9 @@ from email.message import EmailMessage
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+# aiosmtpd logs every SMTP command at INFO; the tests count instead.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 RcptRule = Callable[[str], str | None]  # address -> SMTP reply to refuse with, or None
 
@@ -40,8 +46,16 @@ class SinkHandler:
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     counter: int = 0
+    sessions: Counter = field(default_factory=Counter)  # peer -> messages
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:  # noqa: N802,E501
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:  # noqa: N802,E501
         reply = self.rcpt_rule(address) if self.rcpt_rule else None
         if reply:
             return reply
@@ -54,6 +68,7 @@ class SinkHandler:
             self.counter += 1
             queue_id = f"Q{self.counter:06d}"
             self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), message))
+            self.sessions[session.peer] += 1
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     def per_recipient(self) -> Counter[str]:
@@ -80,3 +95,82 @@ class SmtpSink:
 
     def per_recipient(self) -> Counter[str]:
         return self.handler.per_recipient()
+
+
+@dataclass
+class Faults:
+    """Misbehaviour on purpose, decided per address or per session with a
+    fixed seed so a failing run can be replayed."""
+
+    soft_rcpt_rate: float = 0.0  # 451 on the first RCPT of these addresses
+    drop_session_rate: float = 0.0  # 421 then disconnect, once per chosen session
+    bad_mailbox_rate: float = 0.0  # 550 5.1.1, always, for these addresses
+    seed: int = 1
+
+    def _pick(self, key: str, rate: float) -> bool:
+        return rate > 0 and random.Random(f"{self.seed}:{key}").random() < rate
+
+
+@dataclass
+class FaultyHandler(SinkHandler):
+    faults: Faults = field(default_factory=Faults)
+    rcpt_attempts: Counter = field(default_factory=Counter)
+    sessions_seen: int = 0
+    dropped_sessions: int = 0
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:  # noqa: N802,E501
+        if not getattr(session, "herald_decided", False):
+            session.herald_decided = True
+            with self.lock:
+                self.sessions_seen += 1
+                number = self.sessions_seen
+            session.herald_drop = self.faults._pick(
+                f"session{number}", self.faults.drop_session_rate
+            )
+        if session.herald_drop:
+            session.herald_drop = False
+            with self.lock:
+                self.dropped_sessions += 1
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return "421 4.3.2 Service shutting down, closing channel"
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:  # noqa: N802,E501
+        with self.lock:
+            self.rcpt_attempts[address] += 1
+            first = self.rcpt_attempts[address] == 1
+        if self.faults._pick(f"bad:{address}", self.faults.bad_mailbox_rate):
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        if first and self.faults._pick(f"soft:{address}", self.faults.soft_rcpt_rate):
+            return "451 4.7.1 Greylisted, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+class FaultySink(SmtpSink):
+    def __init__(self, faults: Faults) -> None:
+        self.handler = FaultyHandler(faults=faults)
+        self.port = free_port()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    def bad_mailboxes(self, addresses: list[str]) -> set[str]:
+        return {
+            a
+            for a in addresses
+            if self.handler.faults._pick(f"bad:{a}", self.handler.faults.bad_mailbox_rate)
+        }

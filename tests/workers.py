@@ -35,35 +35,74 @@ def celery_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_worker(queues: list[str], log: Path, env: dict[str, str], concurrency: int = 2) -> subprocess.Popen:
+def start_worker(
+    queues: list[str], log: Path, env: dict[str, str], concurrency: int = 2
+) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", ",".join(queues),
-         "--concurrency", str(concurrency), "--pool", "prefork", "--loglevel", "INFO",
-         "--without-gossip", "--without-mingle", "--hostname", f"test{log.stem}@%h"],
-        cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            ",".join(queues),
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname",
+            f"test{log.stem}@%h",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
 def start_beat(log: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",
-         "-S", "django_celery_beat.schedulers:DatabaseScheduler", "--pidfile="],
-        cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "-S",
+            "django_celery_beat.schedulers:DatabaseScheduler",
+            "--pidfile=",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
-def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    """Stop a process and everything it forked (its own session)."""
+def stop(process: subprocess.Popen) -> None:
+    """Stop a process (warm shutdown first), then anything it left behind."""
     if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
         try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
     try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+        os.killpg(process.pid, signal.SIGKILL)  # its pool children, if any remain
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=10)
 
 
 @contextmanager
@@ -75,7 +114,9 @@ def running(*processes: subprocess.Popen) -> Iterator[None]:
             stop(process)
 
 
-def wait_for(condition: Callable[[], bool], *, timeout: float, what: str, logs: list[Path] = ()) -> None:
+def wait_for(
+    condition: Callable[[], bool], *, timeout: float, what: str, logs: list[Path] = ()
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():

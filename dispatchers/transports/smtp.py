@@ -61,7 +61,7 @@ class SmtpTransport(Transport):
             self._run(self._client.connect())
             if server.auth_method == server.AuthMethod.CLEAR_TEXT:
                 self._run(self._client.login(server.username, server.password.reveal()))
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             self.close()
             raise ConnectionLost(_describe(exc)) from exc
 
@@ -79,7 +79,7 @@ class SmtpTransport(Transport):
             if exc.code == 421:
                 raise ConnectionLost(_describe(exc)) from exc
             return result_from_reply(exc.code, exc.message)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise ConnectionLost(_describe(exc), maybe_delivered=True) from exc
         return result_from_reply(250, reply)
 

@@ -6,6 +6,7 @@ from django.db import migrations
 SCHEDULES = [
     ("Generate campaign items", "campaigns.tasks.generate_items", 5),
     ("Process campaign messages", "campaigns.tasks.process_messages", 5),
+    ("Process autoresponder messages", "campaigns.tasks.process_autoresponders", 60),
     ("Mark campaigns as completed", "campaigns.tasks.mark_completed", 10),
 ]
 
@@ -19,7 +20,12 @@ def create(apps, schema_editor):
         # runs in the broker would only repeat the same work.
         task_model.objects.get_or_create(
             name=name,
-            defaults={"task": task, "interval": every, "enabled": True, "expire_seconds": seconds * 2},
+            defaults={
+                "task": task,
+                "interval": every,
+                "enabled": True,
+                "expire_seconds": seconds * 2,
+            },
         )
 
 

@@ -12,7 +12,13 @@ from django.utils import timezone
 from campaigns import services
 from campaigns.models import Batch, Campaign, CampaignItem, Contact, Suppression
 from dispatchers.models import RateUsage
-from tests.helpers import make_audience, make_campaign, make_dispatcher, make_smtp_server, make_template
+from tests.helpers import (
+    make_audience,
+    make_campaign,
+    make_dispatcher,
+    make_smtp_server,
+    make_template,
+)
 from tests.smtp import SmtpSink, free_port
 
 pytestmark = pytest.mark.django_db
@@ -27,7 +33,10 @@ def sink():
 
 def sending_campaign(count: int, dispatcher, **extra):
     campaign = make_campaign(
-        dispatcher=dispatcher, lists=[make_audience(count)], status=Campaign.Status.SCHEDULED, **extra
+        dispatcher=dispatcher,
+        lists=[make_audience(count)],
+        status=Campaign.Status.SCHEDULED,
+        **extra,
     )
     services.items_generate()
     campaign.refresh_from_db()
@@ -45,7 +54,9 @@ def statuses(campaign) -> dict[str, int]:
 
 def test_it_generates_one_item_per_subscribed_contact_page_by_page():
     dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
-    campaign = make_campaign(dispatcher=dispatcher, lists=[make_audience(23)], status=Campaign.Status.SCHEDULED)
+    campaign = make_campaign(
+        dispatcher=dispatcher, lists=[make_audience(23)], status=Campaign.Status.SCHEDULED
+    )
 
     inserted = services.items_generate(page_size=5)
 
@@ -60,7 +71,9 @@ def test_a_contact_on_two_lists_gets_one_item():
     first = make_audience(3, name="A")
     second = make_audience(0, name="B")
     second.contacts.add(*first.contacts.all())
-    campaign = make_campaign(dispatcher=dispatcher, lists=[first, second], status=Campaign.Status.SCHEDULED)
+    campaign = make_campaign(
+        dispatcher=dispatcher, lists=[first, second], status=Campaign.Status.SCHEDULED
+    )
 
     services.items_generate()
 
@@ -73,7 +86,9 @@ def test_it_skips_suppressed_unsubscribed_and_bounced_contacts_with_the_reason()
     Contact.objects.filter(email="user0@example.org").update(status=Contact.Status.UNSUBSCRIBED)
     Contact.objects.filter(email="user1@example.org").update(status=Contact.Status.BOUNCED)
     Suppression.objects.create(pattern="user2@example.org")
-    campaign = make_campaign(dispatcher=dispatcher, lists=[audience], status=Campaign.Status.SCHEDULED)
+    campaign = make_campaign(
+        dispatcher=dispatcher, lists=[audience], status=Campaign.Status.SCHEDULED
+    )
 
     services.items_generate()
 
@@ -93,7 +108,9 @@ def test_it_skips_suppressed_unsubscribed_and_bounced_contacts_with_the_reason()
 def test_a_suppressed_domain_skips_every_address_in_it():
     dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
     Suppression.objects.create(pattern="*@example.org")
-    campaign = make_campaign(dispatcher=dispatcher, lists=[make_audience(4)], status=Campaign.Status.SCHEDULED)
+    campaign = make_campaign(
+        dispatcher=dispatcher, lists=[make_audience(4)], status=Campaign.Status.SCHEDULED
+    )
 
     services.items_generate()
 
@@ -102,9 +119,13 @@ def test_a_suppressed_domain_skips_every_address_in_it():
 
 def test_generating_again_creates_no_duplicates():
     dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
-    campaign = make_campaign(dispatcher=dispatcher, lists=[make_audience(7)], status=Campaign.Status.SCHEDULED)
+    campaign = make_campaign(
+        dispatcher=dispatcher, lists=[make_audience(7)], status=Campaign.Status.SCHEDULED
+    )
     services.items_generate(page_size=3)
-    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.GENERATING, generated_through=0)
+    Campaign.objects.filter(pk=campaign.pk).update(
+        status=Campaign.Status.GENERATING, generated_through=0
+    )
 
     assert services.items_generate(page_size=3) == 0
     assert CampaignItem.objects.filter(campaign=campaign).count() == 7
@@ -140,7 +161,9 @@ def test_claims_never_exceed_the_hourly_limit():
 
 
 def test_a_disabled_dispatcher_claims_nothing():
-    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused", is_enabled=False)
+    dispatcher = make_dispatcher(
+        delivery_mode="pickup", pickup_directory="/tmp/unused", is_enabled=False
+    )
     sending_campaign(3, dispatcher)
 
     assert services.batch_claim(dispatcher_id=dispatcher.pk) is None
@@ -181,7 +204,9 @@ def test_it_sends_each_recipient_one_personalised_message(sink):
 
 
 def test_a_temporary_refusal_defers_the_item_with_back_off():
-    with SmtpSink(rcpt_rule=lambda a: "451 4.7.1 Try later" if a.startswith("user0@") else None) as sink:
+    with SmtpSink(
+        rcpt_rule=lambda a: "451 4.7.1 Try later" if a.startswith("user0@") else None
+    ) as sink:
         dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
         campaign = sending_campaign(2, dispatcher)
         batch = services.batch_claim(dispatcher_id=dispatcher.pk)
@@ -208,16 +233,23 @@ def test_a_deferred_item_is_claimed_again_when_due():
 
 
 def test_a_bad_mailbox_fails_once_and_is_suppressed_for_the_next_campaign():
-    with SmtpSink(rcpt_rule=lambda a: "550 5.1.1 No such user" if a.startswith("user1@") else None) as sink:
+    with SmtpSink(
+        rcpt_rule=lambda a: "550 5.1.1 No such user" if a.startswith("user1@") else None
+    ) as sink:
         dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
         campaign = sending_campaign(3, dispatcher)
         services.batch_send(batch_id=services.batch_claim(dispatcher_id=dispatcher.pk).pk)
 
     assert statuses(campaign) == {S.SENT: 2, S.FAILED: 1}
     assert Suppression.objects.filter(pattern="user1@example.org", source="bounce").exists()
-    second = make_campaign(dispatcher=dispatcher, lists=list(campaign.lists.all()), status=Campaign.Status.SCHEDULED)
+    second = make_campaign(
+        dispatcher=dispatcher, lists=list(campaign.lists.all()), status=Campaign.Status.SCHEDULED
+    )
     services.items_generate()
-    assert CampaignItem.objects.get(campaign=second, contact__email="user1@example.org").status == S.SKIPPED
+    assert (
+        CampaignItem.objects.get(campaign=second, contact__email="user1@example.org").status
+        == S.SKIPPED
+    )
 
 
 def test_an_unreachable_server_puts_the_batch_back_untouched():
@@ -249,7 +281,9 @@ def test_a_header_breaking_value_fails_that_item_and_sends_the_rest(sink):
     dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
     campaign = sending_campaign(2, dispatcher)
     # Bypasses validation on purpose, as a raw import or SQL might.
-    Contact.objects.filter(email="user0@example.org").update(first_name="Eve\r\nBcc: all@victim.test")
+    Contact.objects.filter(email="user0@example.org").update(
+        first_name="Eve\r\nBcc: all@victim.test"
+    )
 
     services.batch_send(batch_id=services.batch_claim(dispatcher_id=dispatcher.pk).pk)
 

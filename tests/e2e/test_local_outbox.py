@@ -23,11 +23,18 @@ def test_a_campaign_scheduled_in_the_browser_lands_in_the_outbox(client, tmp_pat
     outbox = dispatcher_ensure_local_outbox(directory=str(tmp_path / "outbox"))
     audience = make_audience(3)
     template = make_template()
-    client.force_login(user_create(username="mia", email="mia@herald.test", password="x", role=MARKETER))
+    client.force_login(
+        user_create(username="mia", email="mia@herald.test", password="x", role=MARKETER)
+    )
 
     response = client.post(
         reverse("admin:campaigns_campaign_add"),
-        {"name": "November news", "template": template.pk, "lists": [audience.pk], "dispatcher": outbox.pk},
+        {
+            "name": "November news",
+            "template": template.pk,
+            "lists": [audience.pk],
+            "dispatcher": outbox.pk,
+        },
     )
     assert response.status_code == 302, response.content.decode()[:2000]
     campaign = Campaign.objects.get(name="November news")
@@ -47,7 +54,9 @@ def test_a_campaign_scheduled_in_the_browser_lands_in_the_outbox(client, tmp_pat
     files = sorted((tmp_path / "outbox").glob("*.eml"))
     assert len(files) == 3
     recipients = {
-        email.message_from_bytes(f.read_bytes(), policy=email.policy.default)["To"].addresses[0].addr_spec
+        email.message_from_bytes(f.read_bytes(), policy=email.policy.default)["To"]
+        .addresses[0]
+        .addr_spec
         for f in files
     }
     assert recipients == {"user0@example.org", "user1@example.org", "user2@example.org"}

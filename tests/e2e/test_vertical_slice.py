@@ -25,7 +25,9 @@ def _beat_every_second() -> None:
 def test_a_scheduled_campaign_reaches_every_recipient_once_and_completes(tmp_path):
     with SmtpSink() as sink:
         dispatcher = make_dispatcher(
-            smtp_server=make_smtp_server(port=sink.port), server_name=f"slice{os.getpid()}", batch_size=20
+            smtp_server=make_smtp_server(port=sink.port),
+            server_name=f"slice{os.getpid()}",
+            batch_size=20,
         )
         campaign = make_campaign(dispatcher=dispatcher, lists=[make_audience(60)])
         _beat_every_second()

@@ -1,0 +1,95 @@
+"""Parallel sending over reused connections.
+
+A SendPool keeps up to ``size`` transports open, one per thread, and
+sends each message on whichever is free. The caller stays in its own
+thread (where the database work happens) and gets results back in the
+order they complete. No more than ``size`` messages are ever in flight,
+which bounds what a crash can leave in doubt: one message per connection.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Generic, TypeVar
+
+from .transports import ConnectionLost, SendResult, Transport
+
+K = TypeVar("K")
+
+
+@dataclass(frozen=True)
+class Completion(Generic[K]):
+    key: K
+    result: SendResult | None  # None when the connection was lost
+    lost: ConnectionLost | None = None
+
+
+class SendPool(Generic[K]):
+    def __init__(self, factory: Callable[[], Transport], size: int) -> None:
+        self.size = max(size, 1)
+        self._factory = factory
+        self._local = threading.local()
+        self._opened: list[Transport] = []
+        self._opened_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(self.size, thread_name_prefix="herald-send")
+        self._in_flight: dict[Future[SendResult], K] = {}
+
+    def _transport(self) -> Transport:
+        transport = getattr(self._local, "transport", None)
+        if transport is None:
+            transport = self._factory()
+            transport.open()  # raises ConnectionLost; the next call retries
+            self._local.transport = transport
+            with self._opened_lock:
+                self._opened.append(transport)
+        return transport
+
+    def _send(self, message: EmailMessage, sender: str, recipient: str) -> SendResult:
+        try:
+            return self._transport().send(message, sender=sender, recipient=recipient)
+        except ConnectionLost:
+            self._drop()
+            raise
+
+    def _drop(self) -> None:
+        transport = getattr(self._local, "transport", None)
+        if transport is not None:
+            transport.close()
+            self._local.transport = None
+
+    @property
+    def full(self) -> bool:
+        return len(self._in_flight) >= self.size
+
+    def submit(self, key: K, message: EmailMessage, *, sender: str, recipient: str) -> None:
+        future = self._executor.submit(self._send, message, sender, recipient)
+        self._in_flight[future] = key
+
+    def completed(self, *, block: bool) -> Iterator[Completion[K]]:
+        """Results of finished sends; with ``block``, wait for at least one."""
+        if not self._in_flight:
+            return
+        done, _ = wait(
+            list(self._in_flight), timeout=None if block else 0, return_when=FIRST_COMPLETED
+        )
+        for future in done:
+            key = self._in_flight.pop(future)
+            try:
+                yield Completion(key, future.result())
+            except ConnectionLost as exc:
+                yield Completion(key, None, exc)
+
+    def drain(self) -> Iterator[Completion[K]]:
+        while self._in_flight:
+            yield from self.completed(block=True)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        with self._opened_lock:
+            for transport in self._opened:
+                transport.close()
+            self._opened.clear()

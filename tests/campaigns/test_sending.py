@@ -1,0 +1,134 @@
+"""Sending behaviour users notice: parallel reused sessions, the return
+path, self-protection against failing servers and runaway errors."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from campaigns import services
+from campaigns.messages import verp_token
+from campaigns.models import Campaign, CampaignItem, Subscription
+from dispatchers.models import Dispatcher
+from jobs.models import Notification
+from tests.helpers import make_audience, make_campaign, make_dispatcher, make_smtp_server
+from tests.smtp import SmtpSink, free_port
+
+pytestmark = pytest.mark.django_db
+S = CampaignItem.Status
+
+
+def send_everything(dispatcher: Dispatcher) -> None:
+    while (batch := services.batch_claim(dispatcher_id=dispatcher.pk)) is not None:
+        services.batch_send(batch_id=batch.pk)
+
+
+def start(count: int, dispatcher: Dispatcher) -> Campaign:
+    campaign = make_campaign(
+        dispatcher=dispatcher, lists=[make_audience(count)], status=Campaign.Status.SCHEDULED
+    )
+    services.items_generate()
+    return campaign
+
+
+def test_a_batch_is_sent_over_several_parallel_sessions_each_reused():
+    with SmtpSink() as sink:
+        dispatcher = make_dispatcher(
+            smtp_server=make_smtp_server(port=sink.port), connections=4, batch_size=200
+        )
+        start(200, dispatcher)
+        send_everything(dispatcher)
+
+    assert sink.per_recipient() == {f"user{i}@example.org": 1 for i in range(200)}
+    assert 1 < len(sink.handler.sessions) <= 4
+    assert all(count > 1 for count in sink.handler.sessions.values())
+
+
+def test_the_return_path_carries_a_signed_token_of_the_item():
+    with SmtpSink() as sink:
+        dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
+        campaign = start(1, dispatcher)
+        send_everything(dispatcher)
+
+    sender = sink.received[0].sender
+    item = CampaignItem.objects.get(campaign=campaign)
+    assert sender.endswith("@herald.test")
+    assert len(sender.partition("@")[0]) <= 64
+    assert verp_token(sender) == item.token
+    forged = sender.replace(item.token, "0" * 32)
+    assert verp_token(forged) is None
+
+
+def test_a_dispatcher_that_keeps_failing_to_connect_pauses_itself_and_says_why(settings):
+    settings.HERALD_DISPATCHER_MAX_FAILURES = 3
+    dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=free_port()), batch_size=2)
+    campaign = start(5, dispatcher)
+
+    for _ in range(5):
+        if (batch := services.batch_claim(dispatcher_id=dispatcher.pk)) is not None:
+            services.batch_send(batch_id=batch.pk)
+
+    dispatcher.refresh_from_db()
+    assert not dispatcher.is_enabled
+    assert "Paused after 3 failed connections" in dispatcher.paused_reason
+    assert Notification.objects.get(key=f"dispatcher:{dispatcher.pk}:paused").level == "error"
+    assert set(CampaignItem.objects.filter(campaign=campaign).values_list("status", flat=True)) == {
+        S.PENDING
+    }
+
+
+def test_a_campaign_with_a_run_of_errors_pauses_itself(settings):
+    settings.HERALD_CAMPAIGN_MAX_CONSECUTIVE_ERRORS = 4
+    with SmtpSink(rcpt_rule=lambda a: "554 5.7.1 Relay access denied") as sink:
+        dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port), batch_size=3)
+        campaign = start(10, dispatcher)
+        send_everything(dispatcher)
+
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.PAUSED
+    assert campaign.paused_reason == "Paused after 6 send errors in a row."
+    # It stopped early instead of failing the whole audience.
+    assert CampaignItem.objects.filter(campaign=campaign, status=S.FAILED).count() == 6
+    assert Notification.objects.filter(key=f"campaign:{campaign.pk}:paused").exists()
+
+
+def test_pausing_a_campaign_mid_batch_puts_the_rest_back(settings):
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/herald-test-outbox")
+    campaign = start(3, dispatcher)
+    batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+    services.campaign_pause(campaign=campaign)
+
+    assert services.batch_send(batch_id=batch.pk) == 0
+
+    assert set(CampaignItem.objects.filter(campaign=campaign).values_list("status", flat=True)) == {
+        S.PENDING
+    }
+    assert services.campaign_resume(campaign=Campaign.objects.get(pk=campaign.pk))
+    assert Campaign.objects.get(pk=campaign.pk).status == Campaign.Status.SENDING
+
+
+# --- autoresponders ---------------------------------------------------------
+
+
+def test_an_autoresponder_answers_new_subscribers_once_their_delay_is_over():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/herald-test-outbox")
+    audience = make_audience(2)  # subscribed before the autoresponder starts
+    welcome = make_campaign(dispatcher=dispatcher, lists=[audience])
+    Campaign.objects.filter(pk=welcome.pk).update(
+        kind=Campaign.Kind.AUTORESPONDER, autoresponder_delay=timedelta(hours=1)
+    )
+    welcome.refresh_from_db()
+    services.campaign_schedule(campaign=welcome)
+    newcomer = make_audience(1, name="Other", domain="new.example").contacts.get()
+    Subscription.objects.create(contact=newcomer, contact_list=audience)
+
+    assert services.autoresponders_process() == 0  # delay not over yet
+    later = timezone.now() + timedelta(hours=1, minutes=1)
+    assert services.autoresponders_process(now=later) == 1
+    assert services.autoresponders_process(now=later) == 0  # never twice
+
+    item = CampaignItem.objects.get(campaign=welcome)
+    assert (item.contact, item.status) == (newcomer, S.PENDING)
+    assert services.campaigns_complete(now=later) == 0  # autoresponders keep running
