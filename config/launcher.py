@@ -425,10 +425,10 @@ def _dead_child(children: list[Child]) -> str | None:
     for child in children:
         code = child.process.poll()
         if code is not None:
-            return (
-                f"the {child.name} (pid {child.process.pid}) exited with code {code}; "
-                "its output above says why"
-            )
+            how = f"exited with code {code}"
+            if code < 0:
+                how = f"was killed by {signal.Signals(-code).name}"
+            return f"the {child.name} (pid {child.process.pid}) {how}; its output above says why"
     return None
 
 
