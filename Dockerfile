@@ -23,4 +23,4 @@ RUN useradd --system --uid 1000 --no-create-home --home-dir /app herald \
 
 USER herald
 EXPOSE 8000
-CMD ["gunicorn", "config.launcher:wsgi_application()", "--bind", "0.0.0.0:8000", "--access-logfile", "-", "--no-control-socket"]
+CMD ["gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000", "--access-logfile", "-", "--no-control-socket"]

@@ -3,6 +3,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.loader import render_to_string
+from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from . import services
@@ -15,7 +16,7 @@ from .models import (
     Suppression,
     Template,
 )
-from .selectors import campaign_progress
+from .selectors import attach_counts, campaign_progress, campaigns_with_counts
 
 
 class SubscriptionInline(admin.TabularInline):
@@ -52,23 +53,59 @@ class TemplateAdmin(admin.ModelAdmin):
     search_fields = ("name", "subject")
 
 
+_STATUS_BADGE = {
+    Campaign.Status.SENDING: "running",
+    Campaign.Status.GENERATING: "running",
+    Campaign.Status.SCHEDULED: "muted",
+    Campaign.Status.COMPLETED: "ok",
+    Campaign.Status.PAUSED: "paused",
+    Campaign.Status.CANCELLED: "failed",
+}
+
+
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
-    list_display = ("name", "status", "progress", "dispatcher", "scheduled_at", "completed_at")
-    list_filter = ("status", "dispatcher")
+    list_display = (
+        "name",
+        "status_badge",
+        "progress",
+        "dispatcher",
+        "scheduled_at",
+        "completed_at",
+    )
+    list_filter = ("status", "kind", "dispatcher")
     search_fields = ("name",)
     filter_horizontal = ("lists",)
-    readonly_fields = ("status", "progress", "started_at", "completed_at", "created_by")
+    readonly_fields = (
+        "status_badge",
+        "paused_reason",
+        "progress",
+        "started_at",
+        "completed_at",
+        "created_by",
+    )
     actions = ("schedule_now", "pause", "resume")
 
     def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
-        fields = ["name", "template", "lists", "dispatcher", "scheduled_at"]
-        return fields + (["status", "progress", "started_at", "completed_at"] if obj else [])
+        fields = [
+            "name",
+            "kind",
+            "autoresponder_delay",
+            "template",
+            "lists",
+            "dispatcher",
+            "scheduled_at",
+        ]
+        if obj is None:
+            return fields
+        return [*fields, "status_badge", "paused_reason", "progress", "started_at", "completed_at"]
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         if obj is not None and obj.status != Campaign.Status.DRAFT:
             return (
                 "name",
+                "kind",
+                "autoresponder_delay",
                 "template",
                 "lists",
                 "dispatcher",
@@ -82,8 +119,24 @@ class CampaignAdmin(admin.ModelAdmin):
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Campaign]:
+        queryset = super().get_queryset(request).select_related("dispatcher")
+        if request.resolver_match and request.resolver_match.url_name.endswith("changelist"):
+            queryset = campaigns_with_counts(queryset)
+        return queryset
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Campaign) -> SafeString:
+        return format_html(
+            '<span class="herald-badge herald-badge--{}" title="{}">{}</span>',
+            _STATUS_BADGE.get(obj.status, "muted"),
+            obj.paused_reason,
+            obj.get_status_display(),
+        )
+
     @admin.display(description="progress")
     def progress(self, obj: Campaign) -> SafeString:
+        attach_counts([obj])
         return SafeString(
             render_to_string("campaigns/progress.html", {"p": campaign_progress(campaign=obj)})
         )

@@ -392,11 +392,24 @@ def suppression_add(*, pattern: str, source: str, reason: str = "") -> None:
     )
 
 
-def _is_suppressed(contact: Contact) -> str:
+def _suppression_patterns(email: str) -> tuple[str, str]:
+    return email, "*@" + email.rpartition("@")[2]
+
+
+def _batch_suppressed(batch: Batch) -> set[str]:
+    """The suppression patterns that hit the batch's unsent recipients, in
+    one query (send-time check, as generation's may be hours old)."""
+    emails = CampaignItem.objects.filter(batch=batch, status=S.CLAIMED).values_list(
+        "contact__email", flat=True
+    )
+    patterns = {p for email in emails for p in _suppression_patterns(email.lower())}
+    return set(Suppression.objects.filter(pattern__in=patterns).values_list("pattern", flat=True))
+
+
+def _skip_reason(contact: Contact, suppressed: set[str]) -> str:
     if contact.status != Contact.Status.ACTIVE:
         return contact.status
-    domain = contact.email.rpartition("@")[2]
-    if Suppression.objects.filter(pattern__in=[contact.email, f"*@{domain}"]).exists():
+    if suppressed.intersection(_suppression_patterns(contact.email.lower())):
         return "suppressed"
     return ""
 
@@ -446,8 +459,9 @@ class _BatchRun:
     """One pass over a batch: build each message, send it on the pool,
     record each result as it comes back."""
 
-    # How often the run re-reads which campaigns are still sending, so a
-    # pause takes effect within seconds, not at the end of the batch.
+    # How often the run re-reads which campaigns are still sending and who
+    # is suppressed, so a pause or an unsubscribe takes effect within the
+    # batch, not after it.
     REFRESH_EVERY = 200
 
     def __init__(self, batch: Batch) -> None:
@@ -457,6 +471,7 @@ class _BatchRun:
         self.lost: ConnectionLost | None = None
         self.compiled: dict[int, CompiledTemplate] = {}
         self.sending: set[int] = set()
+        self.suppressed: set[str] = set()
         self.errors: dict[int, int] = {}  # campaign id -> errors since its last success
         self.succeeded: set[int] = set()
 
@@ -481,6 +496,7 @@ class _BatchRun:
             for count, item in enumerate(self.items()):
                 if count % self.REFRESH_EVERY == 0:
                     self.sending = _sending_campaigns(self.batch)
+                    self.suppressed = _batch_suppressed(self.batch)
                 if self.lost is not None:
                     break
                 self._submit(pool, item)
@@ -495,7 +511,7 @@ class _BatchRun:
         campaign = item.campaign
         if campaign.pk not in self.sending:
             return  # paused or cancelled meanwhile: released at the end
-        reason = _is_suppressed(item.contact)
+        reason = _skip_reason(item.contact, self.suppressed)
         if reason:
             _item_skip(item, reason)
             self.settled += 1

@@ -20,11 +20,6 @@ test  DATABASE_URL unset: a throwaway embedded PostgreSQL; REDIS_URL
       unset: a throwaway embedded Redis (and CELERY_BROKER_URL points at
       it); fresh SECRET_KEY / HERALD_ENCRYPTION_KEYS. Runs pytest, returns
       its exit code and deletes what it started.
-
-The module also holds `wsgi_application()`, the WSGI entry point for
-gunicorn (`gunicorn 'config.launcher:wsgi_application()'`): Django with
-its collected static files served by WhiteNoise, so pages are styled with
-DEBUG off and no web server in front.
 """
 
 from __future__ import annotations
@@ -49,16 +44,6 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 SECRET_NAMES = ("SECRET_KEY", "HERALD_ENCRYPTION_KEYS")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 CHILD_STOP_SECONDS = 30
-
-
-def wsgi_application() -> Any:
-    """Herald's WSGI application with /static/ served by WhiteNoise."""
-    from django.conf import settings
-    from whitenoise import WhiteNoise
-
-    from config.wsgi import application
-
-    return WhiteNoise(application, root=settings.STATIC_ROOT, prefix=settings.STATIC_URL)
 
 
 # --- output -------------------------------------------------------------------
@@ -365,7 +350,7 @@ def command_run() -> int:
                 children.append(
                     spawn(
                         "web server",
-                        [sys.executable, "-m", "gunicorn", "config.launcher:wsgi_application()"]
+                        [sys.executable, "-m", "gunicorn", "config.wsgi"]
                         + ["--bind", f"127.0.0.1:{port}", "--workers", "2"]
                         + ["--graceful-timeout", "10", "--access-logfile", "-"]
                         + ["--no-control-socket"],

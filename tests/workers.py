@@ -24,7 +24,11 @@ def test_database_url() -> str:
     auth = quote(s["USER"] or "", safe="")
     if s.get("PASSWORD"):
         auth += ":" + quote(s["PASSWORD"], safe="")
-    host = quote(s["HOST"] or "", safe="")
+    host = s["HOST"] or ""
+    if host.startswith("/"):
+        # A unix socket folder: django-environ reads it from the path form
+        # postgres://user@//socket/dir/name (it does not decode %2F hosts).
+        return f"postgres://{auth}@/{host}/{s['NAME']}"
     port = f":{s['PORT']}" if s.get("PORT") else ""
     return f"postgres://{auth}@{host}{port}/{s['NAME']}"
 

@@ -267,6 +267,7 @@ def test_campaign_action_bar_offers_only_allowed_actions(
 def campaign_form(cast: Cast, name: str) -> dict[str, Any]:
     return {
         "name": name,
+        "kind": "regular",
         "template": cast.template.pk,
         "lists": [cast.contact_list.pk],
         "dispatcher": cast.dispatcher.pk,

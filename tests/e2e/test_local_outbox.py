@@ -34,6 +34,7 @@ def test_a_campaign_scheduled_in_the_browser_lands_in_the_outbox(client, tmp_pat
             "template": template.pk,
             "lists": [audience.pk],
             "dispatcher": outbox.pk,
+            "kind": "regular",
         },
     )
     assert response.status_code == 302, response.content.decode()[:2000]
