@@ -32,6 +32,7 @@ ROLE_PERMISSIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "campaigns.batch": ("view",),
         "dispatchers.dispatcher": ("view", "pause_dispatcher"),
         "jobs.jobrun": ("view", "run_job"),
+        "jobs.notification": ("view", "change"),
     },
 }
 

@@ -13,6 +13,8 @@ from django.utils import timezone
 
 from dispatchers.models import Dispatcher
 from dispatchers.ratelimit import WINDOW
+from jobs.models import Notification
+from jobs.selectors import notifications_open
 
 from .models import Campaign, Contact, ContactList
 from .selectors import Progress, campaign_progress
@@ -44,6 +46,7 @@ class Dashboard:
     campaigns_more: int
     audience: Audience
     dispatchers: list[Dispatcher] | None
+    notifications: list[Notification] | None = None
 
     @property
     def campaigns_total(self) -> int:
@@ -110,4 +113,5 @@ def dashboard_for(*, user: AbstractUser | AnonymousUser, campaign_limit: int = 8
             with_lists=user.has_perm("campaigns.view_contactlist"),
         ),
         dispatchers=dispatcher_states() if can_see_dispatchers else None,
+        notifications=(notifications_open() if user.has_perm("jobs.view_notification") else None),
     )

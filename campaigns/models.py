@@ -162,6 +162,7 @@ class Campaign(models.Model):
     # Keyset cursor of item generation: the last contact id paged in, so a
     # crashed generate job resumes where it stopped.
     generated_through = models.BigIntegerField(default=0)
+    audience_complete = models.BooleanField(default=False, editable=False)
     # Counters frozen when the campaign completes (live ones are counted).
     total_count = models.PositiveIntegerField(default=0)
     sent_count = models.PositiveIntegerField(default=0)

@@ -17,10 +17,10 @@ from django.utils import timezone
 
 from dispatchers.models import Dispatcher
 from dispatchers.pool import Completion, SendPool
-from dispatchers.ratelimit import rate_budget, rate_refund, rate_spend
+from dispatchers.ratelimit import rate_budget, rate_refund, rate_spend, rate_usage_prune
 from dispatchers.services import dispatcher_pause
 from dispatchers.transports import ConnectionLost, Outcome, SendResult, transport_for
-from jobs.services import notification_raise
+from jobs.services import job_runs_prune, notification_raise, notification_resolve
 
 from .messages import (
     CompiledTemplate,
@@ -73,17 +73,22 @@ def campaign_pause(*, campaign: Campaign, reason: str = "") -> bool:
 
 
 def campaign_resume(*, campaign: Campaign) -> bool:
-    """A paused campaign picks up where it stopped: generating if its
-    audience was not fully paged in yet, sending otherwise."""
+    """A paused campaign picks up where it stopped: still to start, part way
+    through paging in its audience, or sending."""
     if campaign.status != Campaign.Status.PAUSED:
         return False
-    target = Campaign.Status.SENDING if campaign.started_at else Campaign.Status.SCHEDULED
-    return (
-        Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.PAUSED).update(
-            status=target, paused_reason="", consecutive_errors=0
-        )
-        == 1
+    if campaign.audience_complete or campaign.kind == Campaign.Kind.AUTORESPONDER:
+        target = Campaign.Status.SENDING
+    elif campaign.started_at:
+        target = Campaign.Status.GENERATING
+    else:
+        target = Campaign.Status.SCHEDULED
+    resumed = Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.PAUSED).update(
+        status=target, paused_reason="", consecutive_errors=0
     )
+    if resumed:
+        notification_resolve(key=f"campaign:{campaign.pk}:paused")
+    return resumed == 1
 
 
 # --- generate items ----------------------------------------------------------
@@ -182,8 +187,17 @@ def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]
         done = paged < page_size
         campaign.generated_through = last_id or campaign.generated_through
         campaign.status = Campaign.Status.SENDING if done else Campaign.Status.GENERATING
+        campaign.audience_complete = done
         campaign.started_at = campaign.started_at or timezone.now()
-        campaign.save(update_fields=["generated_through", "status", "started_at", "updated_at"])
+        campaign.save(
+            update_fields=[
+                "generated_through",
+                "status",
+                "audience_complete",
+                "started_at",
+                "updated_at",
+            ]
+        )
         return done, inserted
 
 
@@ -655,6 +669,20 @@ def campaigns_complete(*, now: datetime | None = None) -> int:
             )
         )
     return done
+
+
+# --- housekeeping ------------------------------------------------------------
+
+
+def history_prune(*, now: datetime | None = None) -> int:
+    """Forget what no page shows any more: job runs and finished batches
+    past the history period, and rate-ledger minutes outside the window."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.HERALD_HISTORY_DAYS)
+    pruned = job_runs_prune(older_than=cutoff)
+    old_batches = Batch.objects.filter(finished_at__lt=cutoff)
+    pruned += old_batches.delete()[0]
+    return pruned + rate_usage_prune(now=now)
 
 
 # --- unsubscribe -------------------------------------------------------------

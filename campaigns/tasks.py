@@ -33,3 +33,8 @@ def mark_completed() -> int:
 @shared_task(name=Job.PROCESS_AUTORESPONDERS.value)
 def process_autoresponders() -> int:
     return job_run_record(job=Job.PROCESS_AUTORESPONDERS, work=services.autoresponders_process)
+
+
+@shared_task(name=Job.HOUSEKEEPING.value)
+def housekeeping() -> int:
+    return job_run_record(job=Job.HOUSEKEEPING, work=services.history_prune)

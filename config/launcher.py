@@ -46,6 +46,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 CHILD_STOP_SECONDS = 30
 
 
+def _default_queue() -> str:
+    return os.environ.get("HERALD_DEFAULT_QUEUE", "herald")
+
+
 # --- output -------------------------------------------------------------------
 
 
@@ -360,7 +364,7 @@ def command_run() -> int:
                     spawn(
                         "Celery worker",
                         [sys.executable, "-m", "celery", "-A", "config", "worker"]
-                        + ["-Q", f"herald,dispatch.{server_name}", "--concurrency", "2"]
+                        + ["-Q", f"{_default_queue()},dispatch.{server_name}", "--concurrency", "2"]
                         + ["--loglevel", "INFO"],
                     )
                 )
@@ -460,7 +464,7 @@ def _banner(url: str, bootstrap: str, server_name: str) -> None:
         ]
     outbox = os.environ.get("HERALD_OUTBOX_DIR") or var_dir() / "outbox"
     lines += [
-        f"Worker queues: herald, dispatch.{server_name}. The 'Local outbox' dispatcher",
+        f"Worker queues: {_default_queue()}, dispatch.{server_name}. The 'Local outbox' dispatcher",
         f"writes mail as .eml files to {outbox}",
         "Ctrl-C stops everything.",
         "=" * 72,

@@ -84,6 +84,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = env.str("STATIC_ROOT", default=str(VAR_DIR / "static"))
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# WhiteNoise serves STATIC_ROOT (filled by collectstatic) and warns on every
+# request while the folder is missing, e.g. before the first collectstatic.
+Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)
 
 SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
@@ -99,6 +102,8 @@ HERALD_BATCH_LEASE_SECONDS = env.int("HERALD_BATCH_LEASE_SECONDS", default=600)
 HERALD_RETRY_FIRST_SECONDS = env.int("HERALD_RETRY_FIRST_SECONDS", default=300)
 HERALD_RETRY_MAX_SECONDS = env.int("HERALD_RETRY_MAX_SECONDS", default=4 * 3600)
 HERALD_RETRY_GIVE_UP_SECONDS = env.int("HERALD_RETRY_GIVE_UP_SECONDS", default=3 * 86400)
+# How long job runs and finished batches are kept for the job manager.
+HERALD_HISTORY_DAYS = env.int("HERALD_HISTORY_DAYS", default=30)
 HERALD_DISPATCHER_MAX_FAILURES = env.int("HERALD_DISPATCHER_MAX_FAILURES", default=5)
 HERALD_CAMPAIGN_MAX_CONSECUTIVE_ERRORS = env.int(
     "HERALD_CAMPAIGN_MAX_CONSECUTIVE_ERRORS", default=100
@@ -133,7 +138,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=3000)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=3600)
-CELERY_TASK_DEFAULT_QUEUE = "herald"
+# The queue of the beat jobs (each dispatcher's outbound batches go to
+# dispatch.<its server name>). Two installations sharing one Redis need
+# different names.
+CELERY_TASK_DEFAULT_QUEUE = env.str("HERALD_DEFAULT_QUEUE", default="herald")
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+from jobs.services import notification_resolve
+
 from .models import Dispatcher
 
 LOCAL_OUTBOX = "Local outbox"
@@ -43,9 +45,12 @@ def dispatcher_pause(*, dispatcher: Dispatcher, reason: str) -> bool:
 
 
 def dispatcher_resume(*, dispatcher: Dispatcher) -> bool:
-    return (
+    resumed = (
         Dispatcher.objects.filter(pk=dispatcher.pk, is_enabled=False).update(
-            is_enabled=True, paused_reason=""
+            is_enabled=True, paused_reason="", consecutive_failures=0
         )
         == 1
     )
+    if resumed:
+        notification_resolve(key=f"dispatcher:{dispatcher.pk}:paused")
+    return resumed

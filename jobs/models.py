@@ -12,6 +12,7 @@ class Job(models.TextChoices):
         "campaigns.tasks.process_autoresponders",
         "Process autoresponder messages",
     )
+    HOUSEKEEPING = "campaigns.tasks.housekeeping", "Housekeeping (prune history)"
 
 
 class JobRun(models.Model):

@@ -9,7 +9,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from .models import Job, JobRun
+from .models import Job, JobRun, Notification
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,8 @@ def sparkline_points(values: list[float], width: int = 120, height: int = 24) ->
     return " ".join(
         f"{i * step:.1f},{height - (v / top) * (height - 2) - 1:.1f}" for i, v in enumerate(values)
     )
+
+
+def notifications_open(*, limit: int = 20) -> list[Notification]:
+    """What still needs someone's attention, newest first."""
+    return list(Notification.objects.filter(resolved_at__isnull=True)[:limit])

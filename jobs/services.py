@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from datetime import datetime
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -56,3 +57,8 @@ def notification_resolve(*, key: str) -> None:
     Notification.objects.filter(key=key, resolved_at__isnull=True).update(
         resolved_at=timezone.now()
     )
+
+
+def job_runs_prune(*, older_than: datetime) -> int:
+    deleted, _ = JobRun.objects.filter(started_at__lt=older_than).delete()
+    return deleted

@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from .models import JobRun
-from .selectors import jobs_summary
+from .selectors import jobs_summary, notifications_open
 
 
 @login_required
@@ -14,6 +14,7 @@ def job_manager(request: HttpRequest) -> HttpResponse:
         **admin.site.each_context(request),
         "title": "Job manager",
         "jobs": jobs_summary(),
+        "notifications": notifications_open(),
         "recent": JobRun.objects.order_by("-started_at")[:50],
     }
     return render(request, "jobs/manager.html", context)

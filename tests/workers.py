@@ -33,9 +33,19 @@ def test_database_url() -> str:
     return f"postgres://{auth}@{host}{port}/{s['NAME']}"
 
 
+# Each test run has its own job queue, so two runs sharing one Redis (a
+# developer's and CI's) never take each other's tasks.
+JOB_QUEUE = f"herald-test-{os.getpid()}"
+
+
 def celery_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(DATABASE_URL=test_database_url(), PYTHONUNBUFFERED="1", **extra)
+    env.update(
+        DATABASE_URL=test_database_url(),
+        HERALD_DEFAULT_QUEUE=JOB_QUEUE,
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
     return env
 
 

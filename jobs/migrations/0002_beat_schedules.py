@@ -8,6 +8,7 @@ SCHEDULES = [
     ("Process campaign messages", "campaigns.tasks.process_messages", 5),
     ("Process autoresponder messages", "campaigns.tasks.process_autoresponders", 60),
     ("Mark campaigns as completed", "campaigns.tasks.mark_completed", 10),
+    ("Housekeeping (prune history)", "campaigns.tasks.housekeeping", 3600),
 ]
 
 

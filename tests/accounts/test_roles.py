@@ -216,7 +216,9 @@ def test_campaign_actions(
 ) -> None:
     campaign = cast.campaign
     started = None if before == S.DRAFT else campaign.created_at
-    Campaign.objects.filter(pk=campaign.pk).update(status=before, started_at=started)
+    Campaign.objects.filter(pk=campaign.pk).update(
+        status=before, started_at=started, audience_complete=started is not None
+    )
     changelist = reverse("admin:campaigns_campaign_changelist")
 
     response = post_action(login(role), changelist, action, campaign.pk)
@@ -446,6 +448,8 @@ OPERATOR_PERMISSIONS = {
     ("dispatchers", "pause_dispatcher"),
     ("jobs", "view_jobrun"),
     ("jobs", "run_job"),
+    ("jobs", "view_notification"),
+    ("jobs", "change_notification"),
 }
 
 

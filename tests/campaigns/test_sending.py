@@ -132,3 +132,35 @@ def test_an_autoresponder_answers_new_subscribers_once_their_delay_is_over():
     item = CampaignItem.objects.get(campaign=welcome)
     assert (item.contact, item.status) == (newcomer, S.PENDING)
     assert services.campaigns_complete(now=later) == 0  # autoresponders keep running
+
+
+def test_a_campaign_paused_while_paging_its_audience_resumes_paging():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/herald-test-outbox")
+    campaign = make_campaign(
+        dispatcher=dispatcher, lists=[make_audience(10)], status=Campaign.Status.SCHEDULED
+    )
+    services.items_generate_page(campaign_id=campaign.pk, page_size=4)
+    campaign.refresh_from_db()
+    assert services.campaign_pause(campaign=campaign, reason="by hand")
+
+    assert services.campaign_resume(campaign=Campaign.objects.get(pk=campaign.pk))
+    services.items_generate(page_size=4)
+
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.SENDING
+    assert CampaignItem.objects.filter(campaign=campaign).count() == 10
+
+
+def test_resuming_a_dispatcher_clears_its_notification(settings):
+    settings.HERALD_DISPATCHER_MAX_FAILURES = 1
+    dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=free_port()))
+    start(1, dispatcher)
+    services.batch_send(batch_id=services.batch_claim(dispatcher_id=dispatcher.pk).pk)
+    key = f"dispatcher:{dispatcher.pk}:paused"
+    assert Notification.objects.get(key=key).resolved_at is None
+
+    from dispatchers.services import dispatcher_resume
+
+    assert dispatcher_resume(dispatcher=Dispatcher.objects.get(pk=dispatcher.pk))
+    assert Notification.objects.get(key=key).resolved_at is not None
+    assert Dispatcher.objects.get(pk=dispatcher.pk).consecutive_failures == 0

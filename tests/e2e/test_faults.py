@@ -22,7 +22,7 @@ from campaigns import services
 from campaigns.models import Campaign, CampaignItem, Suppression
 from tests.helpers import make_audience, make_campaign, make_dispatcher, make_smtp_server
 from tests.smtp import Faults, FaultySink, SmtpSink, free_port
-from tests.workers import celery_env, start_beat, start_worker, stop, wait_for
+from tests.workers import JOB_QUEUE, celery_env, start_beat, start_worker, stop, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 S = CampaignItem.Status
@@ -67,7 +67,7 @@ def test_killing_workers_mid_campaign_loses_no_one_and_duplicates_only_flagged_i
     recipients, kills, concurrency, connections = 2000, 3, 2, 2
     with SmtpSink() as sink:
         campaign = _campaign(sink.port, recipients, connections=connections)
-        queues = ["herald", campaign.dispatcher.queue]
+        queues = [JOB_QUEUE, campaign.dispatcher.queue]
         env = celery_env(**FAST)
         logs = [tmp_path / "beat.log"]
         beat = start_beat(logs[0], env)
@@ -117,7 +117,7 @@ def test_soft_refusals_and_dropped_sessions_end_with_everyone_delivered_once(tmp
         campaign = _campaign(sink.port, recipients, batch_size=25)
         env = celery_env(**FAST)
         logs = [tmp_path / "worker.log", tmp_path / "beat.log"]
-        worker = start_worker(["herald", campaign.dispatcher.queue], logs[0], env)
+        worker = start_worker([JOB_QUEUE, campaign.dispatcher.queue], logs[0], env)
         beat = start_beat(logs[1], env)
         try:
             wait_for(
@@ -146,7 +146,7 @@ def test_bad_mailboxes_are_tried_once_failed_and_suppressed(tmp_path):
         campaign = _campaign(sink.port, recipients)
         env = celery_env(**FAST)
         logs = [tmp_path / "worker.log", tmp_path / "beat.log"]
-        worker = start_worker(["herald", campaign.dispatcher.queue], logs[0], env)
+        worker = start_worker([JOB_QUEUE, campaign.dispatcher.queue], logs[0], env)
         beat = start_beat(logs[1], env)
         try:
             wait_for(
@@ -218,7 +218,7 @@ def test_a_flushed_and_restarted_broker_and_two_beats_lose_and_double_nothing(tm
         campaign = _campaign(sink.port, recipients, batch_size=40)
         env = celery_env(CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/0", **FAST)
         logs = [tmp_path / "worker.log", tmp_path / "beat1.log", tmp_path / "beat2.log"]
-        worker = start_worker(["herald", campaign.dispatcher.queue], logs[0], env)
+        worker = start_worker([JOB_QUEUE, campaign.dispatcher.queue], logs[0], env)
         beats = [start_beat(logs[1], env), start_beat(logs[2], env)]
         try:
             wait_for(

@@ -149,3 +149,23 @@ def test_operator_sees_live_campaigns_too(client: Client) -> None:
 
     assert "November newsletter" in html
     assert "(25%)" in html
+
+
+def test_operator_sees_what_paused_itself_and_marketer_does_not(client: Client) -> None:
+    from jobs.services import notification_raise
+
+    notification_raise(
+        key="dispatcher:1:paused",
+        title="Dispatcher Newsletter relay paused itself",
+        message="Paused after 5 failed connections: 535 Authentication failed",
+        level="error",
+    )
+
+    operator_html = dashboard(client, OPERATOR)
+    client.logout()
+    marketer_html = dashboard(Client(), MARKETER)
+
+    assert "Needs attention" in operator_html
+    assert "Dispatcher Newsletter relay paused itself" in operator_html
+    assert "535 Authentication failed" in operator_html
+    assert "Needs attention" not in marketer_html
