@@ -9,6 +9,8 @@ admin.site.index_title = "Campaigns, dispatchers and jobs"
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
     path("jobs/", include("jobs.urls")),
+    path("smtp/", include("smtpservers.urls")),
+    path("", include("jobs.monitoring_urls")),
     path("", include("campaigns.urls")),
     path("admin/", admin.site.urls),
 ]

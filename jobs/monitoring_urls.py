@@ -1,0 +1,5 @@
+"""Unauthenticated monitoring endpoints (health, readiness, metrics)."""
+
+from django.urls import path  # noqa: F401
+
+urlpatterns: list = []
