@@ -11,7 +11,6 @@ import email
 import email.policy
 import logging
 import random
-import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -21,16 +20,12 @@ from email.message import EmailMessage
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from config.embedded import free_port
+
 # aiosmtpd logs every SMTP command at INFO; the tests count instead.
 logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 RcptRule = Callable[[str], str | None]  # address -> SMTP reply to refuse with, or None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

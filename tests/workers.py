@@ -138,3 +138,23 @@ def wait_for(
         time.sleep(0.25)
     tail = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+
+
+def run_until(
+    condition: Callable[[], bool],
+    *,
+    queues: list[str],
+    env: dict[str, str],
+    logs: Path,
+    timeout: float,
+    what: str,
+    beats: int = 1,
+) -> None:
+    """Run a worker (on the job queue and ``queues``) and beat until
+    ``condition`` holds; stop them whatever happens. The worker must still
+    be alive at the end: a crashed worker is a failure, not a slow run."""
+    worker = start_worker([JOB_QUEUE, *queues], logs / "worker.log", env)
+    beat_processes = [start_beat(logs / f"beat{i}.log", env) for i in range(beats)]
+    with running(*beat_processes, worker):
+        wait_for(condition, timeout=timeout, what=what, logs=sorted(logs.glob("*.log")))
+        assert worker.poll() is None, "the worker died"

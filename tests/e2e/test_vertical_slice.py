@@ -12,7 +12,7 @@ from campaigns import services
 from campaigns.models import Campaign, CampaignItem
 from tests.helpers import make_audience, make_campaign, make_dispatcher, make_smtp_server
 from tests.smtp import SmtpSink
-from tests.workers import JOB_QUEUE, celery_env, running, start_beat, start_worker, wait_for
+from tests.workers import celery_env, run_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -33,17 +33,14 @@ def test_a_scheduled_campaign_reaches_every_recipient_once_and_completes(tmp_pat
         _beat_every_second()
         services.campaign_schedule(campaign=campaign)
 
-        env = celery_env()
-        logs = [tmp_path / "worker.log", tmp_path / "beat.log"]
-        worker = start_worker([JOB_QUEUE, dispatcher.queue], logs[0], env)
-        beat = start_beat(logs[1], env)
-        with running(beat, worker):
-            wait_for(
-                lambda: Campaign.objects.get(pk=campaign.pk).status == Campaign.Status.COMPLETED,
-                timeout=120,
-                what="the campaign to complete",
-                logs=logs,
-            )
+        run_until(
+            lambda: Campaign.objects.get(pk=campaign.pk).status == Campaign.Status.COMPLETED,
+            queues=[dispatcher.queue],
+            env=celery_env(),
+            logs=tmp_path,
+            timeout=120,
+            what="the campaign to complete",
+        )
 
     assert sink.per_recipient() == {f"user{i}@example.org": 1 for i in range(60)}
     for received in sink.received:

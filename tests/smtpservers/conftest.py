@@ -51,3 +51,22 @@ def administrator_client(db: None, client: Client) -> Client:
     )
     client.force_login(user)
     return client
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from .servers import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def make_server(db: None, key: str) -> Any:
+    """An SmtpServer on the loopback address, with whatever settings a test needs."""
+
+    def make(port: int, **fields: Any) -> SmtpServer:
+        fields.setdefault("name", f"Test {port}")
+        fields.setdefault("timeout", 5)
+        return SmtpServer.objects.create(host="127.0.0.1", port=port, **fields)
+
+    return make

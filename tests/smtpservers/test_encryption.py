@@ -46,7 +46,9 @@ def change_form_data(server: SmtpServer, **overrides: str) -> dict[str, str]:
         "username": server.username,
         "password": "",
     }
-    return data | overrides
+    data |= overrides
+    data.setdefault("password_confirm", data["password"])  # the form asks for it twice
+    return data
 
 
 def rotate(*args: str) -> str:
@@ -204,7 +206,10 @@ def test_rotation_lets_the_old_key_be_removed(db: None, settings: Any, key: str)
     settings.HERALD_ENCRYPTION_KEYS = [new, old]
     output = rotate("--batch-size", "2")
 
-    assert "smtpservers.SmtpServer (password): re-encrypted 5 value(s) in 5 row(s)" in output
+    assert (
+        "smtpservers.SmtpServer (password, oauth_access_token, oauth_refresh_token): "
+        "re-encrypted 5 value(s) in 5 row(s)" in output
+    )
     assert "Re-encrypted 5 value(s) in total." in output
     for i, s in enumerate(servers):
         assert f"pw-{i}" not in output
@@ -230,7 +235,10 @@ def test_a_dry_run_counts_and_writes_nothing(server: SmtpServer, settings: Any, 
     stored = raw_password(server)
     settings.HERALD_ENCRYPTION_KEYS = [new_key(), key]
     output = rotate("--dry-run")
-    assert "smtpservers.SmtpServer (password): would re-encrypt 1 value(s) in 1 row(s)" in output
+    assert (
+        "smtpservers.SmtpServer (password, oauth_access_token, oauth_refresh_token): "
+        "would re-encrypt 1 value(s) in 1 row(s)" in output
+    )
     assert "Dry run: would re-encrypt 1 value(s) in total." in output
     assert raw_password(server) == stored
 
