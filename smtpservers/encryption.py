@@ -139,3 +139,11 @@ class EncryptedTextField(models.TextField):
         if data in (None, ""):
             return  # blank in a form means "keep what is stored"
         super().save_form_data(instance, Secret(data) if not isinstance(data, Secret) else data)
+
+
+def reveal(value: Secret | str | None) -> str:
+    """The plaintext of a secret attribute, whether loaded (a Secret) or
+    just assigned in Python (a str, until the row is read back)."""
+    if isinstance(value, Secret):
+        return value.reveal()
+    return value or ""

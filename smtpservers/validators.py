@@ -1,7 +1,10 @@
 """Checks on data that ends up in mail headers or SMTP commands."""
 
+import ipaddress
 import re
+import ssl
 
+from cryptography import x509
 from django.core.exceptions import ValidationError
 
 # CR and LF end a header line; NUL truncates it in some MTAs; the Unicode
@@ -26,8 +29,6 @@ _HOSTNAME = re.compile(
 
 def validate_host(value: str) -> None:
     """Form only: a hostname, an IPv4 or an IPv6 address; no URL, no port."""
-    import ipaddress
-
     host = value.strip()
     if not host:
         raise ValidationError("Enter the server's host name or IP address.", code="required")
@@ -48,3 +49,63 @@ def validate_host(value: str) -> None:
         )
     if not _HOSTNAME.match(host):
         raise ValidationError("This is not a valid host name.", code="invalid")
+
+
+def validate_helo_name(value: str) -> None:
+    """What we announce in EHLO: a host name or an address literal ([192.0.2.1])."""
+    validate_header_value(value)
+    if not value:
+        return
+    if " " in value or "\t" in value:
+        raise ValidationError("The HELO/EHLO name must not contain spaces.", code="spaces")
+    literal = value.startswith("[") and value.endswith("]")
+    if literal:
+        address = value[1:-1].removeprefix("IPv6:")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValidationError(
+                "An address literal must be an IP address in brackets, e.g. [192.0.2.1].",
+                code="invalid",
+            ) from None
+        return
+    if not _HOSTNAME.match(value):
+        raise ValidationError(
+            "Enter this machine's host name (e.g. mail.example.com) or an address "
+            "literal such as [192.0.2.1].",
+            code="invalid",
+        )
+
+
+def validate_ca_bundle(value: str) -> None:
+    """One or more PEM certificates that the server's chain must lead to."""
+    if not value or not value.strip():
+        return
+    if "-----BEGIN CERTIFICATE-----" not in value:
+        raise ValidationError(
+            "Paste the CA certificates in PEM form (blocks starting with "
+            "-----BEGIN CERTIFICATE-----).",
+            code="not_pem",
+        )
+    if "PRIVATE KEY-----" in value:
+        raise ValidationError(
+            "This contains a private key. Paste only the CA certificates; never a private key.",
+            code="private_key",
+        )
+    try:
+        certificates = x509.load_pem_x509_certificates(value.encode())
+    except ValueError:
+        raise ValidationError(
+            "The CA bundle could not be read: a certificate block is damaged or incomplete.",
+            code="invalid_pem",
+        ) from None
+    try:
+        ssl.create_default_context(cadata=value)
+    except ssl.SSLError as exc:
+        raise ValidationError(
+            "The CA bundle was read but cannot be used for verification (%(reason)s).",
+            code="unusable",
+            params={"reason": exc.reason or exc},
+        ) from None
+    if not certificates:  # pragma: no cover - load_pem_x509_certificates raises first
+        raise ValidationError("The CA bundle holds no certificate.", code="empty")

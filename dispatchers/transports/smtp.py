@@ -1,7 +1,10 @@
 """SMTP relay through aiosmtplib, behind the synchronous Transport API.
 
 The transport owns a private event loop so one batch reuses one session
-for many messages; it never shares the loop with other code.
+for many messages; it never shares the loop with other code. The session
+is opened by smtpservers.client with every setting of the server (TLS
+mode, CA bundle, AUTH PLAIN/LOGIN, NTLM, XOAUTH2), the same code path as
+"Test connection", and what it learns is kept as the server's status.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from email.policy import SMTP as SMTP_POLICY
 from typing import TYPE_CHECKING
 
 import aiosmtplib
+
+from smtpservers.client import SessionError, session_open
+from smtpservers.services import connection_status_record_from_send
 
 from .base import ConnectionLost, Outcome, SendResult, Transport
 
@@ -44,26 +50,26 @@ class SmtpTransport(Transport):
 
     def open(self) -> None:
         server = self.server
-        security = server.Security
+        if not server.is_active:
+            raise ConnectionLost(
+                f"The SMTP server “{server.name}” is inactive; activate it to send through it."
+            )
         self._loop = asyncio.new_event_loop()
-        self._client = aiosmtplib.SMTP(
-            hostname=server.host,
-            port=server.port,
-            timeout=server.timeout,
-            local_hostname=server.helo_name or None,
-            use_tls=server.security == security.SSL,
-            # Explicit False: aiosmtplib would otherwise upgrade on its own
-            # whenever the server offers STARTTLS.
-            start_tls=server.security == security.STARTTLS,
-            validate_certs=server.verify_certificate,
-        )
         try:
-            self._run(self._client.connect())
-            if server.auth_method == server.AuthMethod.CLEAR_TEXT:
-                self._run(self._client.login(server.username, server.password.reveal()))
+            session = self._run(session_open(server))
+        except SessionError as exc:
+            self.close()
+            connection_status_record_from_send(
+                server=server, ok=False, message=f"Sending failed at {exc.step}: {exc}"
+            )
+            raise ConnectionLost(str(exc)) from exc
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             self.close()
             raise ConnectionLost(_describe(exc)) from exc
+        self._client = session.client
+        connection_status_record_from_send(
+            server=server, ok=True, message=f"OK (last real send). Banner: {session.banner}"
+        )
 
     def send(self, message: EmailMessage, *, sender: str, recipient: str) -> SendResult:
         assert self._client is not None, "open() first"

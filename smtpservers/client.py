@@ -1,0 +1,321 @@
+"""Opening an SMTP session with every setting of an SmtpServer.
+
+One code path for "Test connection" and for sending: connect (implicit
+TLS for SSL), read the greeting, EHLO, STARTTLS and EHLO again, AUTH as
+configured. A failure raises SessionError naming the step and saying, in
+an administrator's words, what went wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import aiosmtplib
+import spnego
+from aiosmtplib.errors import SMTPAuthenticationError
+
+from .encryption import reveal
+
+if TYPE_CHECKING:
+    from .models import SmtpServer
+
+
+class Step(enum.StrEnum):
+    SETTINGS = "settings"
+    CONNECT = "connect"
+    GREETING = "greeting"
+    EHLO = "EHLO"
+    TLS = "TLS"
+    AUTH = "AUTH"
+    QUIT = "QUIT"
+
+
+class SessionError(Exception):
+    """A step of the session failed; ``str()`` is the message for people."""
+
+    def __init__(self, step: Step, message: str, *, auth_rejected: bool = False) -> None:
+        super().__init__(message)
+        self.step = step
+        self.auth_rejected = auth_rejected
+
+
+@dataclass
+class Session:
+    client: aiosmtplib.SMTP
+    banner: str
+    extensions: list[str] = field(default_factory=list)
+    auth_mechanism: str = ""
+
+
+def tls_context(server: SmtpServer) -> ssl.SSLContext:
+    if not server.verify_certificate:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    # A CA bundle replaces the system's trust store for this one server.
+    return ssl.create_default_context(cadata=server.ca_bundle.strip() or None)
+
+
+async def session_open(server: SmtpServer) -> Session:
+    """Connect, secure, greet and log in; close and raise SessionError on failure."""
+    if server.insecure_auth and not server.allow_insecure_auth:
+        raise SessionError(
+            Step.SETTINGS,
+            "Refused to send the credentials over an unencrypted connection. Choose SSL or "
+            "STARTTLS as the type of encryption connection, or tick “Allow login without "
+            "encryption” if this network is trusted.",
+        )
+    await _resolve(server)
+    client = aiosmtplib.SMTP(
+        hostname=server.host,
+        port=server.port,
+        timeout=server.timeout,
+        local_hostname=server.helo_name or None,
+        use_tls=server.security == server.Security.SSL,
+        start_tls=False,  # done below, as its own step
+        tls_context=tls_context(server) if server.security != server.Security.NONE else None,
+    )
+    try:
+        return await _open(server, client)
+    except BaseException:
+        client.close()
+        raise
+
+
+async def _open(server: SmtpServer, client: aiosmtplib.SMTP) -> Session:
+    address = f"{server.host}:{server.port}"
+    try:
+        greeting = await client.connect()
+    except aiosmtplib.SMTPConnectTimeoutError as exc:
+        waiting = "for its greeting" if "ready message" in str(exc) else "to connect"
+        raise SessionError(
+            Step.CONNECT,
+            f"Timed out: no answer from {address} within {server.timeout} seconds "
+            f"(waiting {waiting}).",
+        ) from exc
+    except aiosmtplib.SMTPConnectResponseError as exc:
+        raise SessionError(
+            Step.GREETING,
+            f"The server refused the session in its greeting: {exc.code} {exc.message}",
+        ) from exc
+    except aiosmtplib.SMTPConnectError as exc:
+        raise SessionError(Step.CONNECT, _connect_failure(exc, address, server)) from exc
+    await _ehlo(client)
+    if server.security == server.Security.STARTTLS:
+        await _starttls(server, client)
+    mechanism = await _authenticate(server, client)
+    return Session(
+        client=client,
+        banner=greeting.message,
+        extensions=sorted(client.esmtp_extensions),
+        auth_mechanism=mechanism,
+    )
+
+
+async def _resolve(server: SmtpServer) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(
+            loop.getaddrinfo(server.host, server.port, type=socket.SOCK_STREAM),
+            timeout=server.timeout,
+        )
+    except socket.gaierror as exc:
+        raise SessionError(
+            Step.CONNECT,
+            f"Name not found: “{server.host}” does not resolve to an address "
+            f"({exc.strerror}). Check the host name.",
+        ) from exc
+    except TimeoutError as exc:
+        raise SessionError(
+            Step.CONNECT,
+            f"Timed out looking up “{server.host}” (no DNS answer within "
+            f"{server.timeout} seconds).",
+        ) from exc
+
+
+def _connect_failure(exc: BaseException, address: str, server: SmtpServer) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return _certificate_failure(cause)
+    if isinstance(cause, ConnectionRefusedError):
+        return f"Connection refused: nothing accepts connections on {address}."
+    if isinstance(cause, ssl.SSLError):
+        return (
+            f"The TLS handshake with {address} failed ({cause.reason or cause}). "
+            "Is this port really implicit TLS (SSL)? Port 587 usually wants STARTTLS."
+        )
+    if isinstance(cause, aiosmtplib.SMTPServerDisconnected) or "closed" in str(exc).lower():
+        return f"The server at {address} closed the connection before greeting."
+    if isinstance(cause, OSError) and cause.strerror:
+        return f"Could not connect to {address}: {cause.strerror}."
+    return f"Could not connect to {address}: {exc}."
+
+
+def _certificate_failure(exc: ssl.SSLCertVerificationError) -> str:
+    reason = exc.verify_message or exc.reason or str(exc)
+    return (
+        f"Certificate not trusted: {reason}. Supply the CA bundle that issued the "
+        "server's certificate, or check the host name."
+    )
+
+
+def _disconnected(step: Step, exc: BaseException) -> SessionError:
+    return SessionError(step, f"The server closed the connection during {step} ({exc}).")
+
+
+def _timed_out(step: Step, server: SmtpServer, exc: BaseException) -> SessionError:
+    return SessionError(
+        step, f"Timed out: no reply to {step} within {server.timeout} seconds ({exc})."
+    )
+
+
+async def _ehlo(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError as exc:
+        raise SessionError(
+            Step.EHLO, f"The server rejected EHLO: {exc.code} {exc.message}"
+        ) from exc
+    except aiosmtplib.SMTPTimeoutError as exc:
+        raise SessionError(Step.EHLO, f"Timed out: no reply to EHLO ({exc}).") from exc
+    except aiosmtplib.SMTPServerDisconnected as exc:
+        raise _disconnected(Step.EHLO, exc) from exc
+
+
+async def _starttls(server: SmtpServer, client: aiosmtplib.SMTP) -> None:
+    if not client.supports_extension("starttls"):
+        raise SessionError(
+            Step.TLS,
+            "TLS not offered: the server does not announce STARTTLS. Choose SSL if this "
+            "port speaks implicit TLS (usually 465), or ask the mail administrator.",
+        )
+    try:
+        await client.starttls()
+    except ssl.SSLCertVerificationError as exc:
+        raise SessionError(Step.TLS, _certificate_failure(exc)) from exc
+    except ssl.SSLError as exc:
+        raise SessionError(Step.TLS, f"The TLS handshake failed ({exc.reason or exc}).") from exc
+    except aiosmtplib.SMTPResponseException as exc:
+        raise SessionError(
+            Step.TLS, f"The server refused STARTTLS: {exc.code} {exc.message}"
+        ) from exc
+    except aiosmtplib.SMTPTimeoutError as exc:
+        raise _timed_out(Step.TLS, server, exc) from exc
+    except aiosmtplib.SMTPServerDisconnected as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            raise SessionError(Step.TLS, _certificate_failure(cause)) from exc
+        raise _disconnected(Step.TLS, exc) from exc
+    await _ehlo(client)
+
+
+async def _authenticate(server: SmtpServer, client: aiosmtplib.SMTP) -> str:
+    method = server.auth_method
+    if method == server.AuthMethod.NONE:
+        return ""
+    offered = [m.upper() for m in client.server_auth_methods]
+    if not offered:
+        hint = " Many servers offer it only over TLS." if server.security == "none" else ""
+        raise SessionError(
+            Step.AUTH,
+            "The server does not offer authentication (no AUTH in its reply to EHLO)." + hint,
+        )
+    try:
+        if method == server.AuthMethod.CLEAR_TEXT:
+            return await _auth_clear(server, client, offered)
+        if method == server.AuthMethod.NTLM:
+            return await _auth_ntlm(server, client, offered)
+        return await _auth_xoauth2(server, client, offered)
+    except SMTPAuthenticationError as exc:
+        raise SessionError(
+            Step.AUTH,
+            f"Authentication rejected: {exc.code} {exc.message}",
+            auth_rejected=True,
+        ) from exc
+    except aiosmtplib.SMTPTimeoutError as exc:
+        raise _timed_out(Step.AUTH, server, exc) from exc
+    except aiosmtplib.SMTPServerDisconnected as exc:
+        raise _disconnected(Step.AUTH, exc) from exc
+
+
+def _not_offered(wanted: str, offered: list[str]) -> SessionError:
+    return SessionError(
+        Step.AUTH,
+        f"The server does not offer {wanted}; it offers AUTH {' '.join(offered)}. "
+        "Choose another authentication type.",
+    )
+
+
+async def _auth_clear(server: SmtpServer, client: aiosmtplib.SMTP, offered: list[str]) -> str:
+    password = reveal(server.password)
+    if "PLAIN" in offered:
+        await client.auth_plain(server.username, password)
+        return "PLAIN"
+    if "LOGIN" in offered:
+        await client.auth_login(server.username, password)
+        return "LOGIN"
+    raise _not_offered("clear-text login (AUTH PLAIN or LOGIN)", offered)
+
+
+async def _auth_ntlm(server: SmtpServer, client: aiosmtplib.SMTP, offered: list[str]) -> str:
+    if "NTLM" not in offered:
+        raise _not_offered("NTLM", offered)
+    context = spnego.client(
+        server.username,
+        reveal(server.password),
+        hostname=server.host,
+        service="SMTP",
+        protocol="ntlm",
+    )
+    negotiate = context.step()
+    assert negotiate is not None
+    reply = await client.execute_command(b"AUTH", b"NTLM", base64.b64encode(negotiate))
+    if reply.code != 334:
+        raise SMTPAuthenticationError(reply.code, reply.message)
+    try:
+        challenge = base64.b64decode(reply.message.strip(), validate=True)
+        authenticate = context.step(challenge)
+    except (ValueError, spnego.exceptions.SpnegoError) as exc:
+        await client.execute_command(b"*")
+        raise SessionError(
+            Step.AUTH, f"The server's NTLM challenge could not be used ({exc})."
+        ) from exc
+    assert authenticate is not None
+    reply = await client.execute_command(base64.b64encode(authenticate))
+    if reply.code != 235:
+        raise SMTPAuthenticationError(reply.code, reply.message)
+    return "NTLM"
+
+
+async def _auth_xoauth2(server: SmtpServer, client: aiosmtplib.SMTP, offered: list[str]) -> str:
+    if "XOAUTH2" not in offered:
+        raise _not_offered("OAuth 2.0 (AUTH XOAUTH2)", offered)
+    token = reveal(server.oauth_access_token)
+    if not token:
+        raise SessionError(
+            Step.AUTH, "There is no OAuth 2.0 access token yet: click “Generate tokens”."
+        )
+    await client.auth_xoauth2(server.username, token)
+    return "XOAUTH2"
+
+
+async def session_quit(client: aiosmtplib.SMTP, server: SmtpServer) -> None:
+    try:
+        await client.quit()
+    except aiosmtplib.SMTPResponseException as exc:
+        raise SessionError(
+            Step.QUIT, f"The server answered QUIT with {exc.code} {exc.message}"
+        ) from exc
+    except aiosmtplib.SMTPTimeoutError as exc:
+        raise _timed_out(Step.QUIT, server, exc) from exc
+    except aiosmtplib.SMTPServerDisconnected as exc:
+        raise _disconnected(Step.QUIT, exc) from exc
+    finally:
+        client.close()
