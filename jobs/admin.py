@@ -3,7 +3,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from .models import JobRun, Notification
+from .models import JobAction, JobRun, Notification
 
 
 @admin.register(JobRun)
@@ -43,3 +43,22 @@ class NotificationAdmin(admin.ModelAdmin):
     def resolve(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
         n = queryset.filter(resolved_at__isnull=True).update(resolved_at=timezone.now())
         self.message_user(request, f"Resolved {n} notification(s).")
+
+
+@admin.register(JobAction)
+class JobActionAdmin(admin.ModelAdmin):
+    """The audit of the job manager: read-only, written by its services."""
+
+    list_display = ("at", "username", "action", "target", "detail")
+    list_filter = ("action",)
+    search_fields = ("username", "target", "detail")
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 
 
@@ -13,6 +14,12 @@ class Job(models.TextChoices):
         "Process autoresponder messages",
     )
     HOUSEKEEPING = "campaigns.tasks.housekeeping", "Housekeeping (prune history)"
+    CHECK_JOBS = "jobs.tasks.check_jobs", "Check job health"
+
+
+# Jobs that take arguments are enqueued by other jobs, never by beat or by
+# hand: process-messages sends one outbound task per batch it claims.
+ON_DEMAND_ONLY = frozenset({Job.PROCESS_OUTBOUND})
 
 
 class JobRun(models.Model):
@@ -32,6 +39,18 @@ class JobRun(models.Model):
     class Meta:
         ordering = ["-started_at"]
         permissions = [("run_job", "Can run a job now")]
+        indexes = [
+            # The job manager reads the last runs of each job and filters
+            # history by job or outcome, newest first, over months of runs.
+            models.Index(fields=["job", "-started_at"], name="jobrun_job_started_idx"),
+            models.Index(fields=["outcome", "-started_at"], name="jobrun_outcome_started_idx"),
+            # Runs still going: the check for jobs running far longer than usual.
+            models.Index(
+                fields=["job", "started_at"],
+                condition=models.Q(outcome="running"),
+                name="jobrun_running_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_job_display()} at {self.started_at:%Y-%m-%d %H:%M:%S}"
@@ -74,3 +93,31 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class JobAction(models.Model):
+    """Who did what from the job manager, and when: run now, a schedule
+    change, a dispatcher paused or resumed by hand."""
+
+    class Action(models.TextChoices):
+        RUN_NOW = "run_now", "Run now"
+        SCHEDULE = "schedule", "Change schedule"
+        PAUSE_DISPATCHER = "pause_dispatcher", "Pause dispatcher"
+        RESUME_DISPATCHER = "resume_dispatcher", "Resume dispatcher"
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    # Kept apart from the user row, so the record outlives the account.
+    username = models.CharField(max_length=150)
+    action = models.CharField(max_length=20, choices=Action.choices)
+    target = models.CharField(max_length=200, help_text="The job or dispatcher acted on.")
+    detail = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name = "job manager action"
+
+    def __str__(self) -> str:
+        return f"{self.username}: {self.get_action_display()} {self.target}"

@@ -197,19 +197,22 @@ def test_a_live_worker_is_listed_and_a_stopped_one_is_gone(settings, tmp_path) -
     from tests.workers import celery_env, start_worker, stop, wait_for
 
     settings.HERALD_WORKERS_MAX_AGE = 0
+    settings.HERALD_WORKERS_TIMEOUT = 1.0
     served = make_dispatcher(server_name=f"served{os.getpid()}")
     orphan = make_dispatcher(server_name=f"orphan{os.getpid()}")
     log = tmp_path / "jobsworker.log"
+    seen: list = []
+
+    def mine() -> list:
+        seen[:] = [
+            w for w in workers_alive(timeout=1.0, max_age=0).workers if served.queue in w.queues
+        ]
+        return seen
+
     worker = start_worker([served.queue], log, celery_env(), concurrency=1)
     try:
-
-        def mine() -> list:
-            return [
-                w for w in workers_alive(timeout=0.5, max_age=0).workers if served.queue in w.queues
-            ]
-
         wait_for(lambda: bool(mine()), timeout=30, what="the worker to answer", logs=[log])
-        (listed,) = mine()
+        (listed,) = seen
         assert listed.name == f"testjobsworker@{listed.host}"
         assert listed.queues == [served.queue]
         client = Client()
