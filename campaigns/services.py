@@ -34,7 +34,6 @@ from .models import Batch, Campaign, CampaignItem, Contact, Subscription, Suppre
 from .selectors import campaign_counts
 
 logger = logging.getLogger(__name__)
-Item = CampaignItem
 S = CampaignItem.Status
 
 # At most this many unfinished batches per dispatcher: a backlog stays in
@@ -235,7 +234,6 @@ def autoresponders_process(*, now: datetime | None = None, page_size: int | None
             "since": campaign.started_at,
             "due": now - campaign.autoresponder_delay,
             "size": page_size,
-            "after": 0,
         }
         while True:
             paged, _, inserted = _items_insert(_AUTORESPONDER_PAGE, params)
@@ -261,8 +259,12 @@ def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | N
     and the spend are one step for all workers together."""
     now = now or timezone.now()
     with transaction.atomic():
-        dispatcher = Dispatcher.objects.select_for_update().get(pk=dispatcher_id)
-        if not dispatcher.is_enabled:
+        dispatcher = (
+            Dispatcher.objects.select_for_update(of=("self",))
+            .select_related("smtp_server")
+            .get(pk=dispatcher_id)
+        )
+        if not dispatcher.is_enabled or dispatcher.blocked_reason:
             return None
         open_batches = Batch.objects.filter(dispatcher=dispatcher, finished_at__isnull=True)
         if open_batches.count() >= MAX_OPEN_BATCHES:
@@ -291,7 +293,8 @@ def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | N
 
 
 def messages_process(*, now: datetime | None = None) -> int:
-    """The process-messages job: reclaim dead batches, then claim new ones."""
+    """The process-messages job: reclaim dead batches, then claim new ones.
+    Returns the items it moved (released plus claimed)."""
     now = now or timezone.now()
     claimed = batches_reclaim(now=now)
     for dispatcher_id in Dispatcher.objects.filter(is_enabled=True).values_list("pk", flat=True):
@@ -328,15 +331,18 @@ def batch_release(*, batch: Batch, now: datetime) -> int:
     """Put a batch's unfinished items back to pending and close the batch.
 
     Items whose message was on the wire when it stopped may have been
-    delivered: they go back flagged as possibly duplicated."""
+    delivered: they go back flagged as possibly duplicated, and keep their
+    share of the hourly budget (the server may have counted them)."""
     with transaction.atomic():
         claimed = CampaignItem.objects.filter(batch=batch, status=S.CLAIMED)
-        claimed.filter(sending_started_at__isnull=False).update(possibly_duplicated=True)
+        in_doubt = claimed.filter(sending_started_at__isnull=False).update(possibly_duplicated=True)
         released = claimed.update(status=S.PENDING, batch=None, sending_started_at=None)
         closed = Batch.objects.filter(pk=batch.pk, finished_at__isnull=True).update(finished_at=now)
         if closed:
             rate_refund(
-                dispatcher_id=batch.dispatcher_id, count=released, spent_at=batch.created_at
+                dispatcher_id=batch.dispatcher_id,
+                count=released - in_doubt,
+                spent_at=batch.created_at,
             )
     return released
 
@@ -578,7 +584,9 @@ class _BatchRun:
             batch_release(batch=self.batch, now=now)
         else:
             Batch.objects.filter(pk=self.batch.pk, finished_at__isnull=True).update(finished_at=now)
-        if self.lost is not None and self.settled == 0:
+        if self.lost is not None and self.lost.retry_pointless:
+            dispatcher_stop(dispatcher=self.dispatcher, error=str(self.lost))
+        elif self.lost is not None and self.settled == 0:
             dispatcher_record_failure(dispatcher=self.dispatcher, error=str(self.lost))
         elif self.settled:
             dispatcher_record_success(dispatcher=self.dispatcher)
@@ -617,6 +625,20 @@ def dispatcher_record_failure(*, dispatcher: Dispatcher, error: str) -> None:
                 message=reason,
                 level="error",
             )
+
+
+def dispatcher_stop(*, dispatcher: Dispatcher, error: str) -> None:
+    """Retrying cannot help (login rejected, server deactivated): pause at
+    once and tell the administrators what to do."""
+    reason = f"Stopped: {error}"
+    if dispatcher_pause(dispatcher=dispatcher, reason=reason):
+        notification_raise(
+            key=f"dispatcher:{dispatcher.pk}:paused",
+            title=f"Dispatcher {dispatcher.name} stopped sending",
+            message=f"{error} Fix the SMTP server's settings (or generate its tokens again), "
+            "then resume the dispatcher.",
+            level="error",
+        )
 
 
 def dispatcher_record_success(*, dispatcher: Dispatcher) -> None:

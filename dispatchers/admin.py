@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html
 
 from .models import Dispatcher
 from .services import dispatcher_pause, dispatcher_resume
@@ -8,20 +9,11 @@ from .services import dispatcher_pause, dispatcher_resume
 
 @admin.register(Dispatcher)
 class DispatcherAdmin(admin.ModelAdmin):
-    list_display = (
-        "name",
-        "type",
-        "server_name",
-        "queue",
-        "delivery_mode",
-        "messages_per_hour",
-        "batch_size",
-        "is_enabled",
-        "paused_reason",
-    )
+    list_display = ("name", "type", "server_name", "messages_per_hour", "connections", "state")
+    list_select_related = ("smtp_server",)
     list_filter = ("type", "delivery_mode", "is_enabled")
     search_fields = ("name", "server_name", "from_email")
-    readonly_fields = ("worker_command", "paused_reason")
+    readonly_fields = ("worker_command", "state")
     actions = ("pause", "resume")
     fieldsets = (
         (
@@ -33,7 +25,7 @@ class DispatcherAdmin(admin.ModelAdmin):
                     "worker_command",
                     "type",
                     "is_enabled",
-                    "paused_reason",
+                    "state",
                 )
             },
         ),
@@ -43,6 +35,7 @@ class DispatcherAdmin(admin.ModelAdmin):
                 "fields": (
                     "messages_per_hour",
                     "batch_size",
+                    "connections",
                     "delivery_mode",
                     "smtp_server",
                     "pickup_directory",
@@ -51,6 +44,22 @@ class DispatcherAdmin(admin.ModelAdmin):
         ),
         ("Login information", {"fields": ("from_email", "from_name", "reply_to")}),
     )
+
+    @admin.display(description="state")
+    def state(self, obj: Dispatcher) -> str:
+        if not obj.is_enabled:
+            badge, label, why = "paused", "Paused", obj.paused_reason
+        elif obj.blocked_reason:
+            badge, label, why = "failed", "Cannot send", obj.blocked_reason
+        else:
+            badge, label, why = "ok", "Enabled", obj.last_error
+        return format_html(
+            '<span class="herald-badge herald-badge--{}">{}</span> '
+            '<span class="herald-sub">{}</span>',
+            badge,
+            label,
+            why,
+        )
 
     @admin.display(description="worker command")
     def worker_command(self, obj: Dispatcher) -> str:

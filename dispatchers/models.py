@@ -95,6 +95,17 @@ class Dispatcher(models.Model):
         """The Celery queue a worker on ``server_name`` consumes."""
         return f"dispatch.{self.server_name.lower()}"
 
+    @property
+    def blocked_reason(self) -> str:
+        """Why an enabled dispatcher cannot send right now ("" if it can)."""
+        if (
+            self.delivery_mode == self.DeliveryMode.SMTP
+            and self.smtp_server is not None
+            and not self.smtp_server.is_active
+        ):
+            return f"SMTP server “{self.smtp_server.name}” is inactive"
+        return ""
+
     def clean(self) -> None:
         if self.type == self.Type.EMAIL:
             if not self.from_email:

@@ -37,11 +37,16 @@ class ConnectionLost(Exception):
     Nothing was recorded for the message being sent: the caller puts it and
     the rest of its batch back untouched. ``maybe_delivered`` is False when
     the server clearly refused before taking the message (421 at RCPT, a
-    failed connect), True when the session died mid-transaction."""
+    failed connect), True when the session died mid-transaction.
+    ``retry_pointless`` is True when trying again cannot help until an
+    administrator acts (login rejected, server deactivated)."""
 
-    def __init__(self, message: str, *, maybe_delivered: bool = False) -> None:
+    def __init__(
+        self, message: str, *, maybe_delivered: bool = False, retry_pointless: bool = False
+    ) -> None:
         super().__init__(message)
         self.maybe_delivered = maybe_delivered
+        self.retry_pointless = retry_pointless
 
 
 class Transport:

@@ -52,7 +52,8 @@ class SmtpTransport(Transport):
         server = self.server
         if not server.is_active:
             raise ConnectionLost(
-                f"The SMTP server “{server.name}” is inactive; activate it to send through it."
+                f"The SMTP server “{server.name}” is inactive; activate it to send through it.",
+                retry_pointless=True,
             )
         self._loop = asyncio.new_event_loop()
         try:
@@ -62,7 +63,7 @@ class SmtpTransport(Transport):
             connection_status_record_from_send(
                 server=server, ok=False, message=f"Sending failed at {exc.step}: {exc}"
             )
-            raise ConnectionLost(str(exc)) from exc
+            raise ConnectionLost(str(exc), retry_pointless=exc.auth_rejected) from exc
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             self.close()
             raise ConnectionLost(_describe(exc)) from exc

@@ -389,3 +389,14 @@ def test_scheduling_needs_a_draft_with_a_list():
     campaign.refresh_from_db()
     with pytest.raises(ValidationError, match="Only a draft"):
         services.campaign_schedule(campaign=campaign)
+
+
+def test_a_message_in_doubt_keeps_its_share_of_the_hourly_budget():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    sending_campaign(3, dispatcher)
+    _started_batch(dispatcher, on_the_wire=1)
+
+    services.batches_reclaim(now=timezone.now())
+
+    # Two never left: refunded. One may have been delivered: still counted.
+    assert sum(RateUsage.objects.values_list("count", flat=True)) == 1

@@ -164,3 +164,42 @@ def test_resuming_a_dispatcher_clears_its_notification(settings):
     assert dispatcher_resume(dispatcher=Dispatcher.objects.get(pk=dispatcher.pk))
     assert Notification.objects.get(key=key).resolved_at is not None
     assert Dispatcher.objects.get(pk=dispatcher.pk).consecutive_failures == 0
+
+
+def test_a_rejected_login_stops_the_dispatcher_at_once_and_says_what_to_do(settings):
+    from tests.smtpservers.servers import USER, smtp_server
+
+    settings.HERALD_DISPATCHER_MAX_FAILURES = 5  # no waiting for a run of failures
+    with smtp_server(auth_require_tls=False) as (port, _handler):
+        server = make_smtp_server(
+            port=port,
+            auth_method="clear",
+            username=USER,
+            password="wrong password",
+            allow_insecure_auth=True,
+        )
+        dispatcher = make_dispatcher(smtp_server=server)
+        campaign = start(3, dispatcher)
+        services.batch_send(batch_id=services.batch_claim(dispatcher_id=dispatcher.pk).pk)
+
+    dispatcher.refresh_from_db()
+    assert not dispatcher.is_enabled
+    assert dispatcher.paused_reason.startswith("Stopped:")
+    notification = Notification.objects.get(key=f"dispatcher:{dispatcher.pk}:paused")
+    assert "then resume the dispatcher" in notification.message
+    assert set(CampaignItem.objects.filter(campaign=campaign).values_list("status", flat=True)) == {
+        S.PENDING
+    }
+
+
+def test_a_dispatcher_on_an_inactive_server_claims_nothing_and_says_why():
+    with SmtpSink() as sink:
+        server = make_smtp_server(port=sink.port, is_active=False)
+        dispatcher = make_dispatcher(smtp_server=server)
+        start(2, dispatcher)
+
+        assert services.batch_claim(dispatcher_id=dispatcher.pk) is None
+
+    dispatcher.refresh_from_db()
+    assert dispatcher.blocked_reason == f"SMTP server “{server.name}” is inactive"
+    assert sink.received == []
