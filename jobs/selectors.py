@@ -133,6 +133,11 @@ class JobSummary:
     def key(self) -> str:
         return Job(self.job).name.lower()
 
+    @property
+    def next_run_due(self) -> bool:
+        """The next run's time has come (beat sends it at its next tick)."""
+        return self.next_run is not None and self.next_run <= timezone.now()
+
 
 def _interval_seconds(task: PeriodicTask) -> int | None:
     if task.interval is None:

@@ -200,7 +200,7 @@ def test_a_live_worker_is_listed_and_a_stopped_one_is_gone(settings, tmp_path) -
     settings.HERALD_WORKERS_TIMEOUT = 1.0
     served = make_dispatcher(server_name=f"served{os.getpid()}")
     orphan = make_dispatcher(server_name=f"orphan{os.getpid()}")
-    log = tmp_path / "jobsworker.log"
+    log = tmp_path / f"jobsworker{os.getpid()}.log"
     seen: list = []
 
     def mine() -> list:
@@ -213,7 +213,7 @@ def test_a_live_worker_is_listed_and_a_stopped_one_is_gone(settings, tmp_path) -
     try:
         wait_for(lambda: bool(mine()), timeout=30, what="the worker to answer", logs=[log])
         (listed,) = seen
-        assert listed.name == f"testjobsworker@{listed.host}"
+        assert listed.name == f"testjobsworker{os.getpid()}@{listed.host}"
         assert listed.queues == [served.queue]
         client = Client()
         client.force_login(

@@ -71,6 +71,14 @@ def test_the_next_run_follows_the_last_one_by_the_interval() -> None:
     assert abs((summary.next_run - expected).total_seconds()) < 2
 
 
+def test_a_job_never_run_is_due_now(login: Login) -> None:
+    summary = next(s for s in jobs_summary() if s.job == Job.HOUSEKEEPING)
+    assert summary.next_run_due
+    html = login(OPERATOR).get(reverse("jobs:manager")).content.decode()
+    row = html[html.index('id="job-housekeeping"') :]
+    assert "<td>due now</td>" in row[: row.index("</tr>")]
+
+
 def test_a_disabled_job_has_no_next_run() -> None:
     PeriodicTask.objects.filter(task=Job.MARK_COMPLETED.value).update(enabled=False)
     summary = next(s for s in jobs_summary() if s.job == Job.MARK_COMPLETED)
