@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 # Extra arguments for pytest: make test PYTEST_ARGS="-k outbox -x"
 PYTEST_ARGS ?=
 
-.PHONY: help run test lint bench clean
+.PHONY: help run test test-system-deps lint bench clean
 
 help:
 	@echo "make run    start Herald (web, worker, beat; embedded PostgreSQL unless DATABASE_URL is set)"
@@ -36,8 +36,25 @@ $(VENV)/.installed-dev: requirements.lock requirements-dev.lock | $(PY)
 run: $(VENV)/.installed-runtime
 	$(PY) -m config.launcher run
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev test-system-deps
 	$(PY) -m config.launcher test -- tests $(PYTEST_ARGS)
+
+# System packages the tests drive (Debian's Chromium for the browser tests),
+# installed without prompts when missing and when apt-get can run (as root).
+# Without them the browser tests are skipped locally and fail in CI.
+SYSTEM_TEST_PACKAGES := chromium
+test-system-deps:
+	@missing=""; for p in $(SYSTEM_TEST_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make test: installing$$missing (apt-get)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends $$missing >/dev/null \
+	      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; \
+	  else \
+	    echo "make test: $$missing missing and cannot be installed here; browser tests will be skipped"; \
+	  fi; \
+	fi
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

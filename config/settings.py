@@ -104,6 +104,15 @@ HERALD_RETRY_MAX_SECONDS = env.int("HERALD_RETRY_MAX_SECONDS", default=4 * 3600)
 HERALD_RETRY_GIVE_UP_SECONDS = env.int("HERALD_RETRY_GIVE_UP_SECONDS", default=3 * 86400)
 # How long job runs and finished batches are kept for the job manager.
 HERALD_HISTORY_DAYS = env.int("HERALD_HISTORY_DAYS", default=30)
+# The job manager flags a job that fails this many runs in a row, or a run
+# longer than both SLOW_FACTOR x its recent median and SLOW_SECONDS.
+HERALD_JOB_MAX_FAILURES = env.int("HERALD_JOB_MAX_FAILURES", default=3)
+HERALD_JOB_SLOW_FACTOR = env.float("HERALD_JOB_SLOW_FACTOR", default=5.0)
+HERALD_JOB_SLOW_SECONDS = env.float("HERALD_JOB_SLOW_SECONDS", default=60.0)
+# How long the job manager waits for live workers to answer, and how long
+# it reuses their answer.
+HERALD_WORKERS_TIMEOUT = env.float("HERALD_WORKERS_TIMEOUT", default=1.0)
+HERALD_WORKERS_MAX_AGE = env.float("HERALD_WORKERS_MAX_AGE", default=10.0)
 HERALD_DISPATCHER_MAX_FAILURES = env.int("HERALD_DISPATCHER_MAX_FAILURES", default=5)
 HERALD_CAMPAIGN_MAX_CONSECUTIVE_ERRORS = env.int(
     "HERALD_CAMPAIGN_MAX_CONSECUTIVE_ERRORS", default=100

@@ -24,21 +24,20 @@ from .models import ON_DEMAND_ONLY, Job, JobAction, JobRun, Notification
 
 logger = logging.getLogger(__name__)
 
-# A job is flagged as slow when a run has gone on longer than SLOW_FACTOR
-# times its median of recent runs and longer than SLOW_SECONDS.
-SLOW_FACTOR = 5
-SLOW_SECONDS = 60.0
+# A job is flagged as slow when a run has gone on longer than
+# HERALD_JOB_SLOW_FACTOR times its median of recent runs and longer than
+# HERALD_JOB_SLOW_SECONDS.
 HISTORY = 30
 
 
 def slow_threshold(median: float | None) -> float:
-    factor = getattr(settings, "HERALD_JOB_SLOW_FACTOR", SLOW_FACTOR)
-    floor = getattr(settings, "HERALD_JOB_SLOW_SECONDS", SLOW_SECONDS)
+    factor = settings.HERALD_JOB_SLOW_FACTOR
+    floor = settings.HERALD_JOB_SLOW_SECONDS
     return max(floor, factor * (median if median is not None else floor))
 
 
 def max_failures() -> int:
-    return getattr(settings, "HERALD_JOB_MAX_FAILURES", 3)
+    return settings.HERALD_JOB_MAX_FAILURES
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ def slow_key(job: str) -> str:
 
 
 def max_failures() -> int:
-    return getattr(settings, "HERALD_JOB_MAX_FAILURES", 3)
+    return settings.HERALD_JOB_MAX_FAILURES
 
 
 def job_failures_check(*, job: str) -> bool:

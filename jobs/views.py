@@ -28,7 +28,9 @@ def _job(key: str) -> Job:
 
 
 def _live_context() -> dict[str, Any]:
-    workers = selectors.workers_alive(timeout=getattr(settings, "HERALD_WORKERS_TIMEOUT", 1.0))
+    workers = selectors.workers_alive(
+        timeout=settings.HERALD_WORKERS_TIMEOUT, max_age=settings.HERALD_WORKERS_MAX_AGE
+    )
     panels = selectors.dispatchers_panel()
     for panel in panels:
         queue = panel.dispatcher.queue

@@ -12,12 +12,12 @@ from django_celery_beat.models import PeriodicTask
 from accounts.roles import OPERATOR
 from accounts.services import user_create
 from jobs.models import Job, JobRun
+from tests.browser import CHROMIUM_ARGS, chromium_path
 from tests.workers import JOB_QUEUE, celery_env, running, start_worker
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
-    pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium"),
 ]
 
 
@@ -33,6 +33,7 @@ def test_an_operator_runs_a_job_and_sees_the_run_appear_without_reloading(
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    chromium = chromium_path()
     user_create(username="olga", email="olga@herald.test", password="pw-Herald-1", role=OPERATOR)
     # Run-now sends on the queue of the job's beat schedule: this run's own.
     PeriodicTask.objects.filter(task=Job.MARK_COMPLETED.value).update(queue=JOB_QUEUE)
@@ -40,7 +41,7 @@ def test_an_operator_runs_a_job_and_sees_the_run_appear_without_reloading(
         [JOB_QUEUE], tmp_path / f"jobsbrowser{os.getpid()}.log", celery_env(), concurrency=1
     )
     with running(worker), sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"))
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         page = browser.new_page()
         page.goto(f"{live_server.url}/admin/login/?next=/jobs/")
         page.fill("#id_username", "olga")
