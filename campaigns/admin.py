@@ -2,11 +2,16 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
-from . import services
+# import_tasks is imported for its side effect: it registers the CSV import
+# task in every process that loads the admin (web and Celery workers alike).
+from . import import_tasks, services  # noqa: F401
 from .models import (
     Campaign,
     CampaignItem,
@@ -32,6 +37,23 @@ class ContactAdmin(admin.ModelAdmin):
     list_filter = ("status", "lists")
     search_fields = ("email", "first_name", "last_name")
     inlines = (SubscriptionInline,)
+    change_list_template = "campaigns/import_changelist.html"
+
+    def changelist_view(self, request, extra_context=None):  # type: ignore[no-untyped-def]
+        extra_context = extra_context or {}
+        if request.user.has_perm("campaigns.add_contact"):
+            extra_context["herald_import_url"] = reverse("campaigns:contact_import")
+        if request.user.has_perm("campaigns.view_contact"):
+            # The export follows the list and status filters of the page.
+            query = {
+                "list": request.GET.get("lists__id__exact", ""),
+                "status": request.GET.get("status__exact", ""),
+            }
+            query = {k: v for k, v in query.items() if v}
+            url = reverse("campaigns:contact_export")
+            extra_context["herald_export_url"] = f"{url}?{urlencode(query)}" if query else url
+        response: HttpResponseBase = super().changelist_view(request, extra_context)
+        return response
 
 
 @admin.register(ContactList)
@@ -45,6 +67,16 @@ class SuppressionAdmin(admin.ModelAdmin):
     list_display = ("pattern", "source", "reason", "created_at")
     list_filter = ("source",)
     search_fields = ("pattern",)
+    change_list_template = "campaigns/import_changelist.html"
+
+    def changelist_view(self, request, extra_context=None):  # type: ignore[no-untyped-def]
+        extra_context = extra_context or {}
+        if request.user.has_perm("campaigns.add_suppression"):
+            extra_context["herald_import_url"] = reverse("campaigns:suppression_import")
+        if request.user.has_perm("campaigns.view_suppression"):
+            extra_context["herald_export_url"] = reverse("campaigns:suppression_export")
+        response: HttpResponseBase = super().changelist_view(request, extra_context)
+        return response
 
 
 @admin.register(Template)

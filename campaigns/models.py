@@ -269,3 +269,64 @@ class CampaignItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign} → {self.contact}"
+
+
+class ImportJob(models.Model):
+    """One CSV upload and its import: the mapping chosen in the browser, the
+    progress the page polls, and where the report of rejected rows is."""
+
+    class Kind(models.TextChoices):
+        CONTACTS = "contacts", "Contacts"
+        SUPPRESSIONS = "suppressions", "Suppressions"
+
+    class Status(models.TextChoices):
+        UPLOADED = "uploaded", "Waiting for column mapping"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Importing"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.UPLOADED)
+    original_name = models.CharField(max_length=255)
+    # Relative to settings.VAR_DIR / "imports".
+    file_name = models.CharField(max_length=100)
+    size_bytes = models.BigIntegerField(default=0)
+    delimiter = models.CharField(max_length=1, default=",")
+    headers = models.JSONField(default=list)
+    # One entry per column: {"field": "email" | ... | "attribute" | "ignore", "name": "..."}
+    mapping = models.JSONField(default=list, blank=True)
+    contact_list = models.ForeignKey(
+        ContactList, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    source = models.CharField(max_length=100, blank=True)
+    bytes_read = models.BigIntegerField(default=0)
+    rows_read = models.PositiveIntegerField(default=0)
+    imported = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Bumped with every chunk: a running import whose heartbeat stopped
+    # belongs to a dead worker and may be taken over.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} import {self.pk} ({self.original_name})"
+
+    @property
+    def percent(self) -> int:
+        if self.status == self.Status.DONE:
+            return 100
+        if not self.size_bytes:
+            return 0
+        return min(99, self.bytes_read * 100 // self.size_bytes)

@@ -1,8 +1,9 @@
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
 app_name = "campaigns"
 urlpatterns = [
     path("u/<str:signed>/", views.unsubscribe, name="unsubscribe"),
+    path("", include("campaigns.import_urls")),
 ]
