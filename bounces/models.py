@@ -1,0 +1,132 @@
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from campaigns.models import Campaign, CampaignItem, Contact
+from smtpservers.encryption import EncryptedTextField
+from smtpservers.validators import validate_header_value, validate_host
+
+
+class BounceMailbox(models.Model):
+    """A dedicated mailbox the process-bounce-email job reads and empties."""
+
+    class Protocol(models.TextChoices):
+        POP3 = "pop3", "POP3"
+
+    class Security(models.TextChoices):
+        NONE = "none", "None"
+        SSL = "ssl", "SSL (implicit TLS)"
+        STARTTLS = "starttls", "TLS (STLS / STARTTLS)"
+
+    name = models.CharField(max_length=100, unique=True)
+    protocol = models.CharField(max_length=8, choices=Protocol.choices, default=Protocol.POP3)
+    host = models.CharField(max_length=253, validators=[validate_host])
+    port = models.PositiveIntegerField(
+        default=995, validators=[MinValueValidator(1), MaxValueValidator(65535)]
+    )
+    security = models.CharField(
+        "type of encryption connection",
+        max_length=10,
+        choices=Security.choices,
+        default=Security.SSL,
+    )
+    verify_certificate = models.BooleanField(
+        default=True, help_text="Turn off only for a server whose certificate you trust by hand."
+    )
+    timeout = models.PositiveSmallIntegerField(
+        "timeout (seconds)", default=30, validators=[MinValueValidator(1), MaxValueValidator(300)]
+    )
+    username = models.CharField(max_length=254, validators=[validate_header_value])
+    password = EncryptedTextField(blank=True, default="")
+    is_active = models.BooleanField("active", default=True)
+    last_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_status = models.CharField(max_length=500, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "bounce mailbox"
+        verbose_name_plural = "bounce mailboxes"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Kind(models.TextChoices):
+    HARD = "hard", "Hard bounce"
+    SOFT = "soft", "Soft bounce"
+    COMPLAINT = "complaint", "Complaint"
+    UNKNOWN = "unknown", "Unknown bounce"
+    IGNORED = "ignored", "Ignored (auto-reply, delay notice)"
+
+
+class Bounce(models.Model):
+    """One event read from a bounce mailbox: a failed recipient of a
+    delivery report, a complaint, or a message recorded only so it can be
+    deleted (an auto-reply). Unique per mailbox message and recipient, so
+    reading the same message twice never records it twice."""
+
+    mailbox = models.ForeignKey(
+        BounceMailbox, null=True, on_delete=models.SET_NULL, related_name="bounces"
+    )
+    message_uid = models.CharField("mailbox message id", max_length=255)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    recipient = models.CharField(max_length=254, blank=True)
+    status_code = models.CharField(max_length=16, blank=True)
+    action = models.CharField(max_length=16, blank=True)
+    diagnostic = models.TextField(blank=True)
+    subject = models.CharField(max_length=255, blank=True)
+    matched_by = models.CharField(max_length=16, blank=True)
+    outcome = models.CharField(max_length=100, blank=True)
+    item = models.ForeignKey(
+        CampaignItem, null=True, blank=True, on_delete=models.SET_NULL, related_name="bounces"
+    )
+    campaign = models.ForeignKey(
+        Campaign, null=True, blank=True, on_delete=models.SET_NULL, related_name="bounces"
+    )
+    contact = models.ForeignKey(
+        Contact, null=True, blank=True, on_delete=models.SET_NULL, related_name="bounces"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["mailbox", "message_uid", "recipient"], name="bounce_unique_per_message"
+            )
+        ]
+        indexes = [models.Index(fields=["contact", "kind", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.recipient or self.message_uid}"
+
+
+class BounceRule(models.Model):
+    """What to do once a contact has bounced ``count`` times of a kind
+    within ``period_days`` (listmonk's {type: count -> action})."""
+
+    class Action(models.TextChoices):
+        NONE = "none", "Record only"
+        SUPPRESS = "suppress", "Suppress the address"
+        SUPPRESS_UNSUBSCRIBE = "suppress_unsubscribe", "Suppress and unsubscribe"
+
+    kind = models.CharField(
+        max_length=10,
+        unique=True,
+        choices=[(k.value, k.label) for k in Kind if k != Kind.IGNORED],
+    )
+    count = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    period_days = models.PositiveSmallIntegerField(
+        "within (days)", default=30, validators=[MinValueValidator(1)]
+    )
+    action = models.CharField(max_length=24, choices=Action.choices, default=Action.SUPPRESS)
+
+    class Meta:
+        ordering = ["kind"]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.get_kind_display()} × {self.count} within {self.period_days} days: "
+            f"{self.get_action_display()}"
+        )
