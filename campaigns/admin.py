@@ -9,9 +9,7 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
-# import_tasks is imported for its side effect: it registers the CSV import
-# task in every process that loads the admin (web and Celery workers alike).
-from . import import_tasks, services  # noqa: F401
+from . import services
 from .models import (
     Campaign,
     CampaignItem,

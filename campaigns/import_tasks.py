@@ -1,9 +1,7 @@
 """The Celery task that runs a CSV import (thin: it calls one service).
 
-Celery's autodiscovery imports only each app's tasks.py; this module is
-imported by campaigns/admin.py, which Django imports in every process that
-calls django.setup() (the web server and, through Celery's Django fix-up,
-every worker), so workers know the task by name."""
+Celery's autodiscovery imports only each app's tasks.py; campaigns/tasks.py
+imports this module, so workers know the task by name."""
 
 from celery import shared_task
 

@@ -6,6 +6,7 @@ from jobs.models import Job
 from jobs.services import job_run_record
 
 from . import services
+from .import_tasks import import_run  # noqa: F401 - Celery discovers tasks.py only
 
 
 @shared_task(name=Job.GENERATE_ITEMS.value)
