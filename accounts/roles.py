@@ -25,6 +25,7 @@ ROLE_PERMISSIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "campaigns.template": _CRUD,
         "campaigns.campaign": (*_CRUD, "pause_campaign"),
         "campaigns.campaignitem": ("view",),
+        "bounces.bounce": ("view",),
     },
     OPERATOR: {
         "campaigns.campaign": ("view", "pause_campaign"),
@@ -33,6 +34,7 @@ ROLE_PERMISSIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "dispatchers.dispatcher": ("view", "pause_dispatcher"),
         "jobs.jobrun": ("view", "run_job"),
         "jobs.notification": ("view", "change"),
+        "bounces.bounce": ("view",),
     },
 }
 

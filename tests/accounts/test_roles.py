@@ -438,6 +438,7 @@ MARKETER_PERMISSIONS = {
 } | {
     ("campaigns", "pause_campaign"),
     ("campaigns", "view_campaignitem"),
+    ("bounces", "view_bounce"),
 }
 
 OPERATOR_PERMISSIONS = {
@@ -451,6 +452,7 @@ OPERATOR_PERMISSIONS = {
     ("jobs", "run_job"),
     ("jobs", "view_notification"),
     ("jobs", "change_notification"),
+    ("bounces", "view_bounce"),
 }
 
 
@@ -469,7 +471,7 @@ def test_the_three_roles_exist() -> None:
 
 
 def test_marketer_permissions_are_exactly() -> None:
-    assert len(MARKETER_PERMISSIONS) == 26
+    assert len(MARKETER_PERMISSIONS) == 27
     assert permissions_of(MARKETER) == MARKETER_PERMISSIONS
 
 
