@@ -12,10 +12,12 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
 
+import css_inline
+import html2text
 from django.conf import settings
 from django.core import signing
 from django.core.exceptions import ValidationError
-from django.template import Context, Engine
+from django.template import Context
 from django.template import Template as DjangoTemplate
 from django.urls import reverse
 from django.utils.crypto import constant_time_compare, salted_hmac
@@ -24,9 +26,8 @@ from dispatchers.models import Dispatcher
 from smtpservers.validators import validate_header_value
 
 from .models import Campaign, CampaignItem, Contact, Template
+from .sandbox import HTML_ENGINE, TEXT_ENGINE, Fields
 
-_TEXT_ENGINE = Engine(autoescape=False)
-_HTML_ENGINE = Engine(autoescape=True)
 UNSUBSCRIBE_SALT = "herald.unsubscribe"
 
 
@@ -37,16 +38,32 @@ class MessageBuildError(Exception):
 @dataclass(frozen=True)
 class CompiledTemplate:
     subject: DjangoTemplate
-    text: DjangoTemplate
+    text: DjangoTemplate | None  # None: generated from the HTML
     html: DjangoTemplate | None
 
 
 def template_compile(*, template: Template) -> CompiledTemplate:
-    return CompiledTemplate(
-        subject=_TEXT_ENGINE.from_string(template.subject),
-        text=_TEXT_ENGINE.from_string(template.text_body),
-        html=_HTML_ENGINE.from_string(template.html_body) if template.html_body else None,
-    )
+    """Parse the template once per batch; the HTML's CSS is inlined here too
+    (mail clients drop <style> blocks), on the source, not per message."""
+    html = None
+    if template.html_body.strip():
+        html = HTML_ENGINE.from_string(_inline_css(template.html_body))
+    text = TEXT_ENGINE.from_string(template.text_body) if template.text_body.strip() else None
+    return CompiledTemplate(subject=TEXT_ENGINE.from_string(template.subject), text=text, html=html)
+
+
+def _inline_css(html: str) -> str:
+    try:
+        return css_inline.inline(html)
+    except ValueError:  # css-inline refuses what it cannot parse: send as written
+        return html
+
+
+def html_to_text(html: str) -> str:
+    converter = html2text.HTML2Text()
+    converter.body_width = 0  # no hard wrapping: mail clients wrap
+    converter.ignore_images = True
+    return converter.handle(html).strip() + "\n"
 
 
 def unsubscribe_url(*, token: str) -> str:
@@ -79,20 +96,22 @@ def bounce_domain(dispatcher: Dispatcher) -> str:
     return settings.HERALD_BOUNCE_DOMAIN or dispatcher.from_email.rpartition("@")[2]
 
 
-def _context(contact: Contact, campaign: Campaign, token: str) -> Context:
-    return Context(
-        {
-            "contact": {
+def _context(contact: Contact, campaign: Campaign, token: str) -> dict[str, object]:
+    # Plain data only (see sandbox.py): templates never see a model.
+    return {
+        "contact": Fields(
+            {
                 "email": contact.email,
                 "first_name": contact.first_name,
                 "last_name": contact.last_name,
                 "full_name": contact.full_name,
-                "attributes": contact.attributes,
-            },
-            "campaign": {"name": campaign.name},
-            "unsubscribe_url": unsubscribe_url(token=token),
-        }
-    )
+                "language": contact.language,
+                "attributes": contact.attributes or {},
+            }
+        ),
+        "campaign": Fields({"name": campaign.name}),
+        "unsubscribe_url": unsubscribe_url(token=token),
+    }
 
 
 def _header(value: str) -> str:
@@ -111,10 +130,12 @@ def message_build(
     campaign: Campaign,
     dispatcher: Dispatcher,
 ) -> EmailMessage:
-    context = _context(contact, campaign, item.token)
+    values = _context(contact, campaign, item.token)
+    # Escaping is for HTML only: a subject or text part keeps "O'Brien".
+    plain, markup = Context(values, autoescape=False), Context(values, autoescape=True)
     domain = dispatcher.from_email.rpartition("@")[2] or "herald.invalid"
     msg = EmailMessage()
-    msg["Subject"] = _header(compiled.subject.render(context).strip())
+    msg["Subject"] = _header(compiled.subject.render(plain).strip())
     msg["From"] = _header(formataddr((dispatcher.from_name, dispatcher.from_email)))
     try:
         to = str(Address(display_name=contact.full_name, addr_spec=contact.email))
@@ -125,10 +146,12 @@ def message_build(
         msg["Reply-To"] = _header(dispatcher.reply_to)
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = f"<{item.token}@{domain}>"
-    msg["List-Unsubscribe"] = f"<{context['unsubscribe_url']}>"
+    msg["List-Unsubscribe"] = f"<{values['unsubscribe_url']}>"
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg["Feedback-ID"] = f"{campaign.pk}:campaign:herald"
-    msg.set_content(compiled.text.render(context))
-    if compiled.html is not None:
-        msg.add_alternative(compiled.html.render(context), subtype="html")
+    html = compiled.html.render(markup) if compiled.html is not None else None
+    text = compiled.text.render(plain) if compiled.text is not None else html_to_text(html or "")
+    msg.set_content(text)
+    if html is not None:
+        msg.add_alternative(html, subtype="html")
     return msg

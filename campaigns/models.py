@@ -4,10 +4,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
-from django.template import Engine, TemplateSyntaxError
 
 from dispatchers.models import Dispatcher
 from smtpservers.validators import validate_header_value
+
+from .sandbox import template_error
 
 
 class Contact(models.Model):
@@ -103,10 +104,9 @@ class Suppression(models.Model):
 
 
 def validate_template_source(value: str) -> None:
-    try:
-        Engine(autoescape=True).from_string(value)
-    except TemplateSyntaxError as exc:
-        raise ValidationError(f"Template error: {exc}", code="template_syntax") from exc
+    error = template_error(value)
+    if error:
+        raise ValidationError(f"Template error: {error}", code="template_syntax")
 
 
 class Template(models.Model):
@@ -115,7 +115,13 @@ class Template(models.Model):
         max_length=255, validators=[validate_header_value, validate_template_source]
     )
     html_body = models.TextField("HTML body", blank=True, validators=[validate_template_source])
-    text_body = models.TextField("plain-text body", validators=[validate_template_source])
+    text_body = models.TextField(
+        "plain-text body",
+        blank=True,
+        validators=[validate_template_source],
+        help_text="Leave blank to generate it from the HTML body.",
+    )
+    sms_body = models.TextField("SMS body", blank=True, validators=[validate_template_source])
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -124,6 +130,10 @@ class Template(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        if not (self.html_body.strip() or self.text_body.strip()):
+            raise ValidationError("Write an HTML body, a plain-text body, or both.")
 
 
 class Campaign(models.Model):
