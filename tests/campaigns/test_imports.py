@@ -457,7 +457,7 @@ def test_the_contact_list_offers_import_and_export_to_a_marketer(client: Client)
 
 
 @pytest.mark.slow
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_real_worker_runs_the_import_task(
     tmp_path: Path, django_capture_on_commit_callbacks: Any
 ) -> None:

@@ -121,7 +121,7 @@ def test_an_inactive_server_does_not_send_and_says_why(make_server: Any) -> None
     assert handler.helo_names == []
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_real_sends_update_the_connection_status(make_server: Any) -> None:
     port = free_port()
     server = make_server(port)
