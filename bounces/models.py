@@ -58,6 +58,7 @@ class Kind(models.TextChoices):
     COMPLAINT = "complaint", "Complaint"
     UNKNOWN = "unknown", "Unknown bounce"
     IGNORED = "ignored", "Ignored (auto-reply, delay notice)"
+    UNSUBSCRIBE = "unsubscribe", "Unsubscribe request (mailto)"
 
 
 class Bounce(models.Model):
@@ -70,7 +71,7 @@ class Bounce(models.Model):
         BounceMailbox, null=True, on_delete=models.SET_NULL, related_name="bounces"
     )
     message_uid = models.CharField("mailbox message id", max_length=255)
-    kind = models.CharField(max_length=10, choices=Kind.choices)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
     recipient = models.CharField(max_length=254, blank=True)
     status_code = models.CharField(max_length=16, blank=True)
     action = models.CharField(max_length=16, blank=True)
@@ -114,7 +115,7 @@ class BounceRule(models.Model):
     kind = models.CharField(
         max_length=10,
         unique=True,
-        choices=[(k.value, k.label) for k in Kind if k != Kind.IGNORED],
+        choices=[(k.value, k.label) for k in Kind if k not in (Kind.IGNORED, Kind.UNSUBSCRIBE)],
     )
     count = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
     period_days = models.PositiveSmallIntegerField(

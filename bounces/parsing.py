@@ -26,6 +26,8 @@ from email.utils import getaddresses, parseaddr
 
 from flufl.bounce import all_failures
 
+UNSUBSCRIBE_PREFIX = "unsubscribe+"
+
 
 class Kind(enum.StrEnum):
     """The class of one event (the values match Bounce.Kind)."""
@@ -41,6 +43,7 @@ class Verdict(enum.StrEnum):
     COMPLAINT = "complaint"
     DELAY = "delay"  # a DSN that only says "still trying"
     AUTO_REPLY = "auto_reply"
+    UNSUBSCRIBE = "unsubscribe"  # a mail to a List-Unsubscribe mailto: address
     UNRECOGNISED = "unrecognised"
 
 
@@ -423,6 +426,17 @@ def message_parse(raw: bytes) -> Report:
     """Parse one message of the bounce mailbox; what it cannot place is
     UNRECOGNISED, for the caller to keep and report."""
     msg = message_from_bytes(raw, policy=policy.compat32)
+    requested = [
+        a for a in _header_addresses(msg, _ENVELOPE_HEADERS) if a.startswith(UNSUBSCRIBE_PREFIX)
+    ]
+    if requested:
+        # Whether the token is genuine is the caller's to check (it signs them).
+        return Report(
+            verdict=Verdict.UNSUBSCRIBE,
+            envelope_addresses=tuple(requested),
+            subject=_subject(msg),
+            detector="list-unsubscribe",
+        )
     if msg.get_content_type() == "multipart/report" or _report_part(msg, "message/delivery-status"):
         report = _dsn_parse(msg) or _arf_parse(msg)
         if report is not None:

@@ -24,9 +24,9 @@ from datetime import timedelta
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from campaigns.messages import verp_token
+from campaigns.messages import UNSUBSCRIBE_TAG, tagged_token, verp_token
 from campaigns.models import CampaignItem, Contact, Suppression
-from campaigns.services import suppression_add
+from campaigns.services import contact_unsubscribe, suppression_add
 from jobs.services import notification_raise, notification_resolve
 from smtpservers.encryption import Secret
 
@@ -257,8 +257,39 @@ def _message_handle(*, mailbox: BounceMailbox, uid: str, raw: bytes) -> str:
         return f"cannot be parsed ({type(exc).__name__}: {exc})"
     if report.verdict is Verdict.UNRECOGNISED:
         return f"not a bounce, complaint or auto-reply (subject: {report.subject!r})"
+    if report.verdict is Verdict.UNSUBSCRIBE:
+        return unsubscribe_record(mailbox=mailbox, uid=uid, report=report)
     bounce_record(mailbox=mailbox, uid=uid, report=report)
     return ""
+
+
+def unsubscribe_record(*, mailbox: BounceMailbox | None, uid: str, report: Report) -> str:
+    """Honour a mail to a List-Unsubscribe mailto: address. Only a genuine
+    (signed) address unsubscribes; a forged one is kept and reported."""
+    for address in report.envelope_addresses:
+        token = tagged_token(tag=UNSUBSCRIBE_TAG, address=address)
+        item = CampaignItem.objects.select_related("contact").filter(token=token).first()
+        if token is None or item is None:
+            continue
+        try:
+            with transaction.atomic():
+                Bounce.objects.create(
+                    mailbox=mailbox,
+                    message_uid=uid,
+                    kind=Kind.UNSUBSCRIBE,
+                    recipient=item.contact.email,
+                    subject=report.subject,
+                    matched_by="mailto",
+                    item=item,
+                    campaign_id=item.campaign_id,
+                    contact=item.contact,
+                    outcome="unsubscribed",
+                )
+                contact_unsubscribe(token=token, source="mailto")
+        except IntegrityError:
+            pass  # recorded by an earlier or concurrent run: just delete it
+        return ""
+    return "an unsubscribe request whose address is not one Herald signed"
 
 
 # --- recording and rules ------------------------------------------------------

@@ -71,29 +71,53 @@ def unsubscribe_url(*, token: str) -> str:
     return settings.HERALD_PUBLIC_URL + reverse("campaigns:unsubscribe", args=[signed])
 
 
-def _verp_signature(token: str) -> str:
+# Addresses that carry a signed item token in their local part, so what
+# comes back to them finds its item: tag+<token>.<sig>@domain.
+VERP_TAG = "bounces"  # the return path: bounces find their item
+UNSUBSCRIBE_TAG = "unsubscribe"  # the List-Unsubscribe mailto: address
+
+
+def _tag_signature(tag: str, token: str) -> str:
     # Short on purpose: the whole local part must stay within 64 octets.
-    return salted_hmac("herald.verp", token).hexdigest()[:12]
+    return salted_hmac(f"herald.{tag}", token).hexdigest()[:12]
 
 
-def verp_address(*, token: str, domain: str) -> str:
-    """The return path that lets a bounce find its item: bounces+<token>.<sig>@domain."""
-    return f"bounces+{token}.{_verp_signature(token)}@{domain}"
+def tagged_address(*, tag: str, token: str, domain: str) -> str:
+    return f"{tag}+{token}.{_tag_signature(tag, token)}@{domain}"
 
 
-def verp_token(address: str) -> str | None:
-    """The item token of a VERP return path, or None if it is not ours."""
-    local = address.partition("@")[0]
-    if not local.startswith("bounces+"):
+def tagged_token(*, tag: str, address: str) -> str | None:
+    """The item token of a tagged address, or None if it is not ours."""
+    local = address.partition("@")[0].lower()
+    if not local.startswith(f"{tag}+"):
         return None
-    token, _, signature = local.removeprefix("bounces+").partition(".")
-    if not constant_time_compare(signature, _verp_signature(token)):
+    token, _, signature = local.removeprefix(f"{tag}+").partition(".")
+    if not constant_time_compare(signature, _tag_signature(tag, token)):
         return None
     return token
 
 
+def verp_address(*, token: str, domain: str) -> str:
+    """The return path that lets a bounce find its item."""
+    return tagged_address(tag=VERP_TAG, token=token, domain=domain)
+
+
+def verp_token(address: str) -> str | None:
+    return tagged_token(tag=VERP_TAG, address=address)
+
+
 def bounce_domain(dispatcher: Dispatcher) -> str:
     return settings.HERALD_BOUNCE_DOMAIN or dispatcher.from_email.rpartition("@")[2]
+
+
+def _list_unsubscribe(url: object, token: str, dispatcher: Dispatcher) -> str:
+    """RFC 2369/8058: the signed https link, and a mailto: address when the
+    return-path domain's mail is read by a bounce mailbox (which honours it)."""
+    links = [f"<{url}>"]
+    if settings.HERALD_LIST_UNSUBSCRIBE_MAILTO:
+        address = tagged_address(tag=UNSUBSCRIBE_TAG, token=token, domain=bounce_domain(dispatcher))
+        links.append(f"<mailto:{address}?subject=unsubscribe>")
+    return ", ".join(links)
 
 
 def _context(contact: Contact, campaign: Campaign, token: str) -> dict[str, object]:
@@ -146,7 +170,7 @@ def message_build(
         msg["Reply-To"] = _header(dispatcher.reply_to)
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = f"<{item.token}@{domain}>"
-    msg["List-Unsubscribe"] = f"<{values['unsubscribe_url']}>"
+    msg["List-Unsubscribe"] = _list_unsubscribe(values["unsubscribe_url"], item.token, dispatcher)
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg["Feedback-ID"] = f"{campaign.pk}:campaign:herald"
     html = compiled.html.render(markup) if compiled.html is not None else None

@@ -120,6 +120,9 @@ HERALD_CAMPAIGN_MAX_CONSECUTIVE_ERRORS = env.int(
 # Where bounces come back: the domain of the VERP return path. Empty means
 # the domain of each dispatcher's sender address.
 HERALD_BOUNCE_DOMAIN = env.str("HERALD_BOUNCE_DOMAIN", default="")
+# Also offer List-Unsubscribe by mail (unsubscribe+<token>@<bounce domain>).
+# Turn on only when that domain's mail reaches a bounce mailbox Herald reads.
+HERALD_LIST_UNSUBSCRIBE_MAILTO = env.bool("HERALD_LIST_UNSUBSCRIBE_MAILTO", default=False)
 
 # --- Celery -----------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=env.str("REDIS_URL", default=""))

@@ -265,3 +265,41 @@ def test_a_second_run_at_the_same_time_leaves_the_mailbox_alone(
         assert services.bounces_process() == 0
     assert pop3.log == []  # it did not even log in
     assert services.bounces_process() == 1
+
+
+def _mail_to(address: str) -> bytes:
+    return (
+        f"From: user1@example.org\r\nTo: {address}\r\nDelivered-To: {address}\r\n"
+        "Subject: unsubscribe\r\nMessage-ID: <req1@example.org>\r\n\r\nunsubscribe\r\n"
+    ).encode()
+
+
+def test_a_mail_to_the_list_unsubscribe_address_unsubscribes_and_is_deleted(
+    sent: dict[str, Received], mailbox: BounceMailbox, maildrop: Maildrop, pop3: Pop3Server
+) -> None:
+    from campaigns.messages import UNSUBSCRIBE_TAG, tagged_address
+
+    item = item_of("user1@example.org")
+    address = tagged_address(tag=UNSUBSCRIBE_TAG, token=item.token, domain="herald.test")
+    maildrop.add(_mail_to(address))
+
+    tasks.process_bounces()
+    tasks.process_bounces()  # read twice: still one record
+
+    assert item_of("user1@example.org").contact.status == Contact.Status.UNSUBSCRIBED
+    assert Bounce.objects.get().kind == Kind.UNSUBSCRIBE
+    assert maildrop.messages == []
+
+
+def test_a_forged_unsubscribe_address_changes_nothing_and_is_kept(
+    sent: dict[str, Received], mailbox: BounceMailbox, maildrop: Maildrop, pop3: Pop3Server
+) -> None:
+    item = item_of("user1@example.org")
+    maildrop.add(_mail_to(f"unsubscribe+{item.token}.000000000000@herald.test"))
+
+    tasks.process_bounces()
+
+    assert item_of("user1@example.org").contact.status == Contact.Status.ACTIVE
+    assert not Bounce.objects.exists()
+    assert len(maildrop.messages) == 1
+    assert "not one Herald signed" in Notification.objects.get().message

@@ -203,3 +203,24 @@ def test_a_dispatcher_on_an_inactive_server_claims_nothing_and_says_why():
     dispatcher.refresh_from_db()
     assert dispatcher.blocked_reason == f"SMTP server “{server.name}” is inactive"
     assert sink.received == []
+
+
+def test_list_unsubscribe_offers_a_signed_mailto_address_when_mail_is_read(settings):
+    from campaigns.messages import UNSUBSCRIBE_TAG, tagged_token
+
+    settings.HERALD_LIST_UNSUBSCRIBE_MAILTO = True
+    with SmtpSink() as sink:
+        dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
+        campaign = start(1, dispatcher)
+        send_everything(dispatcher)
+
+    header = sink.received[0].message["List-Unsubscribe"]
+    https, mailto = (part.strip(" <>") for part in header.split(","))
+    assert https.startswith("http://127.0.0.1:8000/u/") or https.startswith(
+        settings.HERALD_PUBLIC_URL
+    )
+    address = mailto.removeprefix("mailto:").partition("?")[0]
+    assert address.endswith("@herald.test")
+    assert tagged_token(tag=UNSUBSCRIBE_TAG, address=address) == (
+        CampaignItem.objects.get(campaign=campaign).token
+    )
