@@ -1,0 +1,313 @@
+"""Serializers: ModelSerializer runs the model fields' validators (header
+injection, template syntax); contacts and suppressions add the rules of
+the CSV import, so every way in accepts the same data."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from campaigns.imports import RowRejected, contact_row_clean, suppression_row_clean
+from campaigns.models import (
+    Campaign,
+    CampaignItem,
+    Contact,
+    ContactList,
+    Suppression,
+    Template,
+)
+from dispatchers.models import Dispatcher
+from jobs.models import JobRun
+
+from .services import BULK_MAX_ROWS
+
+
+class LowercaseEmailField(serializers.EmailField):
+    # Lowercased before the uniqueness check, as Contact.save() stores it.
+    def to_internal_value(self, data: Any) -> str:
+        return super().to_internal_value(data).strip().lower()
+
+
+def _import_rule(field: str, value: str) -> dict[str, Any]:
+    # The CSV import's checks, one field at a time (a known-good address
+    # stands in for the email, which its own field checks).
+    try:
+        return contact_row_clean({"email": "check@example.org", field: value}, {})
+    except RowRejected as exc:
+        raise serializers.ValidationError(str(exc)) from None
+
+
+class ContactSerializer(serializers.ModelSerializer):
+    email = LowercaseEmailField(max_length=254)
+    lists = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+
+    class Meta:
+        model = Contact
+        fields = [
+            "id",
+            "email",
+            "phone",
+            "first_name",
+            "last_name",
+            "language",
+            "time_zone",
+            "attributes",
+            "status",
+            "source",
+            "lists",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["created_at", "updated_at"]
+
+    def validate_email(self, value: str) -> str:
+        if Contact.objects.filter(email=value).exclude(pk=getattr(self.instance, "pk", None)):
+            raise serializers.ValidationError("A contact with this email already exists.")
+        try:
+            contact_row_clean({"email": value}, {})
+        except RowRejected as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return value
+
+    def validate_phone(self, value: str) -> str:
+        return _import_rule("phone", value)["phone"] if value else value
+
+    def validate_language(self, value: str) -> str:
+        return _import_rule("language", value)["language"] if value else value
+
+    def validate_time_zone(self, value: str) -> str:
+        return _import_rule("time_zone", value)["time_zone"] if value else value
+
+    def validate_attributes(self, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Attributes are a JSON object.")
+        if "\\u0000" in json.dumps(value):
+            raise serializers.ValidationError("NUL characters are not allowed.")
+        return value
+
+
+class BulkContactSerializer(serializers.Serializer):
+    """Documents one row; rows are checked one by one by the upsert, so a
+    bad row is reported, not fatal."""
+
+    email = serializers.CharField()
+    phone = serializers.CharField(required=False, allow_blank=True)
+    first_name = serializers.CharField(required=False, allow_blank=True)
+    last_name = serializers.CharField(required=False, allow_blank=True)
+    language = serializers.CharField(required=False, allow_blank=True)
+    time_zone = serializers.CharField(required=False, allow_blank=True)
+    attributes = serializers.DictField(required=False)
+
+
+class BulkUpsertSerializer(serializers.Serializer):
+    contacts = serializers.ListField(
+        child=serializers.JSONField(), max_length=BULK_MAX_ROWS, allow_empty=False
+    )
+    list = serializers.PrimaryKeyRelatedField(
+        queryset=ContactList.objects.all(), required=False, allow_null=True
+    )
+    source = serializers.CharField(max_length=100, required=False, default="api")
+
+
+class BulkUpsertDocSerializer(serializers.Serializer):
+    contacts = BulkContactSerializer(many=True)
+    list = serializers.IntegerField(required=False, allow_null=True)
+    source = serializers.CharField(required=False)
+
+
+class RowResultSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=["created", "updated", "rejected"])
+    errors = serializers.ListField(child=serializers.CharField())
+
+
+class BulkResultSerializer(serializers.Serializer):
+    created = serializers.IntegerField()
+    updated = serializers.IntegerField()
+    rejected = serializers.IntegerField()
+    results = RowResultSerializer(many=True)
+
+
+class ListsSerializer(serializers.Serializer):
+    lists = serializers.PrimaryKeyRelatedField(
+        queryset=ContactList.objects.all(), many=True, allow_empty=False
+    )
+    source = serializers.CharField(max_length=100, required=False, default="api")
+
+
+class ContactListSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ContactList
+        fields = ["id", "name", "description", "created_at"]
+        read_only_fields = ["created_at"]
+
+
+class SuppressionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Suppression
+        fields = ["id", "pattern", "reason", "source", "created_at"]
+        read_only_fields = ["created_at"]
+
+    def validate_pattern(self, value: str) -> str:
+        try:
+            key = suppression_row_clean({"pattern": value.strip()}, {})["key"]
+        except RowRejected as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        if Suppression.objects.filter(pattern=key).exclude(pk=getattr(self.instance, "pk", None)):
+            raise serializers.ValidationError("This address or domain is already suppressed.")
+        return key
+
+
+class TemplateSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Template
+        fields = ["id", "name", "subject", "html_body", "text_body", "created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]
+
+
+class CampaignSerializer(serializers.ModelSerializer):
+    lists = serializers.PrimaryKeyRelatedField(
+        queryset=ContactList.objects.all(), many=True, allow_empty=False
+    )
+
+    class Meta:
+        model = Campaign
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "autoresponder_delay",
+            "template",
+            "lists",
+            "dispatcher",
+            "status",
+            "scheduled_at",
+            "paused_reason",
+            "started_at",
+            "completed_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = [
+            "status",
+            "scheduled_at",
+            "paused_reason",
+            "started_at",
+            "completed_at",
+            "created_at",
+            "updated_at",
+        ]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # The model's own cross-field rule (an autoresponder needs a delay).
+        probe = Campaign(
+            kind=attrs.get("kind", getattr(self.instance, "kind", Campaign.Kind.REGULAR)),
+            autoresponder_delay=attrs.get(
+                "autoresponder_delay", getattr(self.instance, "autoresponder_delay", None)
+            ),
+        )
+        try:
+            probe.clean()
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from None
+        return attrs
+
+
+class ScheduleSerializer(serializers.Serializer):
+    scheduled_at = serializers.DateTimeField(required=False, allow_null=True)
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+
+
+class ProgressSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    total = serializers.IntegerField()
+    sent = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+    deferred = serializers.IntegerField()
+    in_flight = serializers.IntegerField()
+    done = serializers.IntegerField()
+    percent = serializers.IntegerField()
+    by_status = serializers.DictField(child=serializers.IntegerField())
+
+
+class CampaignItemSerializer(serializers.ModelSerializer):
+    email = serializers.CharField(source="contact.email", read_only=True)
+
+    class Meta:
+        model = CampaignItem
+        fields = [
+            "id",
+            "contact",
+            "email",
+            "status",
+            "attempts",
+            "first_attempt_at",
+            "sent_at",
+            "next_attempt_at",
+            "smtp_code",
+            "smtp_response",
+            "skip_reason",
+            "possibly_duplicated",
+        ]
+
+
+class DispatcherSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Dispatcher
+        fields = [
+            "id",
+            "name",
+            "server_name",
+            "type",
+            "delivery_mode",
+            "is_enabled",
+            "paused_reason",
+            "messages_per_hour",
+            "batch_size",
+            "connections",
+            "consecutive_failures",
+            "last_error",
+            "from_email",
+            "from_name",
+            "reply_to",
+            "created_at",
+            "updated_at",
+        ]
+
+
+class JobRunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = JobRun
+        fields = [
+            "id",
+            "job",
+            "started_at",
+            "finished_at",
+            "items_processed",
+            "outcome",
+            "error",
+            "worker",
+        ]
+
+
+class JobSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    task = serializers.CharField()
+    label = serializers.CharField()
+    runs_by_hand = serializers.BooleanField()
+
+
+class JobActionSerializer(serializers.Serializer):
+    action = serializers.CharField()
+    target = serializers.CharField()
+    at = serializers.DateTimeField()
+
+
+BULK_STATUSES = ("created", "updated", "rejected")

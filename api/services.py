@@ -1,0 +1,177 @@
+"""API tokens, and the writes the API offers beyond plain model CRUD."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, transaction
+from django.utils import timezone
+
+from campaigns.imports import RowRejected, _contacts_write, contact_row_clean
+from campaigns.models import Campaign, Contact, ContactList, Subscription
+
+from .models import ApiToken
+
+PREFIX_LENGTH = 8
+BULK_MAX_ROWS = 10_000
+
+
+def token_hash(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
+    """A new token and its raw value, which is never stored: the caller
+    shows it once."""
+    raw = secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        user=user, name=name, prefix=raw[:PREFIX_LENGTH], key_hash=token_hash(raw)
+    )
+    return token, raw
+
+
+def token_revoke(*, token: ApiToken) -> bool:
+    return (
+        ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        == 1
+    )
+
+
+def token_authenticate(*, raw: str) -> ApiToken | None:
+    token = (
+        ApiToken.objects.select_related("user")
+        .filter(key_hash=token_hash(raw), revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    if token is None:
+        return None
+    # At most one write a minute per token: the admin shows "last used",
+    # and a busy script should not rewrite the row on every request.
+    now = timezone.now()
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token
+
+
+# --- contacts ----------------------------------------------------------------
+
+
+@dataclass
+class RowResult:
+    index: int
+    status: str
+    errors: list[str] = field(default_factory=list)
+
+
+_TEXT_FIELDS = ("email", "phone", "first_name", "last_name", "language", "time_zone")
+
+
+def _row_values(row: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    if not isinstance(row, dict):
+        raise RowRejected("a row must be an object")
+    unknown = set(row) - {*_TEXT_FIELDS, "attributes"}
+    if unknown:
+        raise RowRejected(f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
+    values: dict[str, str] = {}
+    for name in _TEXT_FIELDS:
+        value = row.get(name, "")
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise RowRejected(f"{name} must be a string")
+        if "\x00" in value:
+            raise RowRejected(f"{name} contains a NUL character")
+        values[name] = value.strip()
+    attributes = row.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        raise RowRejected("attributes must be an object")
+    if "\\u0000" in json.dumps(attributes):
+        raise RowRejected("attributes contain a NUL character")
+    return values, attributes
+
+
+def contacts_upsert(
+    *, rows: list[Any], contact_list: ContactList | None, source: str
+) -> list[RowResult]:
+    """Create or update contacts by address, checked by the rules of the CSV
+    import and written by its set-based upsert; one result per row, in
+    order. A blank field leaves what is stored; attributes are merged."""
+    results: list[RowResult] = []
+    good: list[dict[str, Any]] = []
+    first_index: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        try:
+            values, attributes = _row_values(row)
+            cleaned = contact_row_clean(values, {})
+        except RowRejected as exc:
+            results.append(RowResult(index, "rejected", [str(exc)]))
+            continue
+        cleaned["attributes"] = attributes
+        if cleaned["key"] in first_index:
+            # One statement cannot upsert the same address twice.
+            reason = f"duplicate of row {first_index[cleaned['key']]}"
+            results.append(RowResult(index, "rejected", [reason]))
+            continue
+        first_index[cleaned["key"]] = index
+        good.append(cleaned)
+        results.append(RowResult(index, "pending"))
+    emails = [r["key"] for r in good]
+    with transaction.atomic():
+        existing = set(Contact.objects.filter(email__in=emails).values_list("email", flat=True))
+        if good:
+            target = SimpleNamespace(
+                source=source, contact_list_id=contact_list.pk if contact_list else None
+            )
+            with connection.cursor() as cursor:
+                _contacts_write(cursor, target, good)  # type: ignore[arg-type]
+    by_index = {first_index[e]: e for e in emails}
+    for result in results:
+        if result.status == "pending":
+            result.status = "updated" if by_index[result.index] in existing else "created"
+    return results
+
+
+def contact_subscribe(
+    *, contact: Contact, lists: Iterable[ContactList], source: str
+) -> list[ContactList]:
+    """Subscribe to each list; returns the lists it was not already on."""
+    added = []
+    for contact_list in lists:
+        _, created = Subscription.objects.get_or_create(
+            contact=contact, contact_list=contact_list, defaults={"source": source}
+        )
+        if created:
+            added.append(contact_list)
+    return added
+
+
+def contact_lists_leave(*, contact: Contact, lists: Iterable[ContactList]) -> int:
+    return Subscription.objects.filter(contact=contact, contact_list__in=list(lists)).delete()[0]
+
+
+# --- campaigns ---------------------------------------------------------------
+
+
+def campaign_duplicate(*, campaign: Campaign, user: AbstractBaseUser) -> Campaign:
+    """A draft with the same name (marked as a copy), template, dispatcher
+    and lists; nothing of the original's sending comes along."""
+    with transaction.atomic():
+        copy = Campaign.objects.create(
+            name=f"{campaign.name} (copy)"[:200],
+            kind=campaign.kind,
+            autoresponder_delay=campaign.autoresponder_delay,
+            template=campaign.template,
+            dispatcher=campaign.dispatcher,
+            created_by=user,
+        )
+        copy.lists.set(campaign.lists.all())
+    return copy

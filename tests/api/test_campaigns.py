@@ -1,0 +1,75 @@
+"""Campaigns through the API: a draft is edited, scheduled, paused,
+resumed, copied; progress and per-recipient results are read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from campaigns.models import Campaign, CampaignItem, Contact
+
+from .conftest import Cast
+
+
+def test_a_draft_is_scheduled_and_only_once(marketer: Any, cast: Cast) -> None:
+    url = f"/api/v1/campaigns/{cast.draft.pk}/schedule/"
+    first = marketer.post(url, {"scheduled_at": "2030-01-01T09:00:00Z"}, format="json")
+    assert first.status_code == 200
+    assert first.json()["status"] == "scheduled"
+    assert first.json()["scheduled_at"].startswith("2030-01-01T09:00:00")
+    again = marketer.post(url, {}, format="json")
+    assert again.status_code == 409
+
+
+def test_a_draft_without_lists_is_not_scheduled(marketer: Any, cast: Cast) -> None:
+    cast.draft.lists.clear()
+    response = marketer.post(f"/api/v1/campaigns/{cast.draft.pk}/schedule/", {}, format="json")
+    assert response.status_code == 400
+    assert "at least one list" in str(response.json()["details"])
+
+
+def test_pause_and_resume_move_a_live_campaign(operator: Any, cast: Cast) -> None:
+    base = f"/api/v1/campaigns/{cast.live.pk}/"
+    paused = operator.post(base + "pause/", {"reason": "checking"}, format="json").json()
+    assert (paused["status"], paused["paused_reason"]) == ("paused", "checking")
+    assert operator.post(base + "pause/", {}, format="json").status_code == 409
+    assert operator.post(base + "resume/").json()["status"] == "generating"
+    assert operator.post(base + "resume/").status_code == 409
+
+
+def test_duplicate_makes_a_draft_copy(marketer: Any, cast: Cast) -> None:
+    response = marketer.post(f"/api/v1/campaigns/{cast.live.pk}/duplicate/")
+    copy = Campaign.objects.get(pk=response.json()["id"])
+    assert copy.status == Campaign.Status.DRAFT
+    assert copy.name == f"{cast.live.name} (copy)"
+    assert list(copy.lists.all()) == list(cast.live.lists.all())
+    assert not copy.items.exists()
+
+
+def test_an_autoresponder_needs_a_delay(marketer: Any, cast: Cast) -> None:
+    body = {
+        "name": "Welcome",
+        "kind": "autoresponder",
+        "template": cast.template.pk,
+        "dispatcher": cast.dispatcher.pk,
+        "lists": [cast.contact_list.pk],
+    }
+    response = marketer.post("/api/v1/campaigns/", body, format="json")
+    assert response.status_code == 400
+    assert "autoresponder_delay" in response.json()["details"]
+
+
+def test_progress_and_recipients(marketer: Any, cast: Cast) -> None:
+    contacts = Contact.objects.bulk_create(Contact(email=f"r{i}@example.org") for i in range(5))
+    CampaignItem.objects.bulk_create(
+        CampaignItem(campaign=cast.live, contact=c, status=CampaignItem.Status.SENT)
+        for c in contacts
+    )
+    progress = marketer.get(f"/api/v1/campaigns/{cast.live.pk}/progress/").json()
+    assert (progress["total"], progress["sent"], progress["in_flight"]) == (6, 5, 1)
+    assert progress["by_status"] == {"sent": 5, "pending": 1}
+
+    first = marketer.get(f"/api/v1/campaigns/{cast.live.pk}/recipients/?page_size=4").json()
+    second = marketer.get(first["next"]).json()
+    emails = [r["email"] for r in first["results"] + second["results"]]
+    assert sorted(emails) == sorted(["jane@example.org", *(c.email for c in contacts)])
+    assert second["next"] is None
