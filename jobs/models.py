@@ -16,6 +16,7 @@ class Job(models.TextChoices):
     HOUSEKEEPING = "campaigns.tasks.housekeeping", "Housekeeping (prune history)"
     CHECK_JOBS = "jobs.tasks.check_jobs", "Check job health"
     PROCESS_BOUNCES = "bounces.tasks.process_bounces", "Process bounce email"
+    REFRESH_OAUTH_TOKENS = "smtpservers.tasks.refresh_oauth_tokens", "Refresh OAuth tokens"
 
 
 # Jobs that take arguments are enqueued by other jobs, never by beat or by

@@ -12,8 +12,9 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from .forms import SmtpServerForm
-from .models import SUGGESTED_PORTS, SmtpServer
+from .forms import GlobalOptionsForm, SmtpServerForm
+from .models import POP_PORTS, SUGGESTED_PORTS, GlobalOptions, SmtpServer
+from .oauth import OAuthError, oauth_flow_start, redirect_uri
 from .services import connection_test, server_duplicate, server_users
 
 
@@ -75,6 +76,20 @@ class SmtpServerAdmin(admin.ModelAdmin):
                 ),
             },
         ),
+        (
+            "POP before SMTP",
+            {
+                "classes": ("herald-pop",),
+                "fields": (
+                    "pop_before_smtp",
+                    "pop_host",
+                    "pop_port",
+                    "pop_ssl",
+                    "pop_username",
+                    "pop_password",
+                ),
+            },
+        ),
         ("Connection status", {"fields": ("connection",)}),
     )
 
@@ -133,6 +148,11 @@ class SmtpServerAdmin(admin.ModelAdmin):
                 name="smtpservers_smtpserver_duplicate",
             ),
             path(
+                "<int:pk>/generate-tokens/",
+                view(require_POST(self.generate_tokens_view)),
+                name="smtpservers_smtpserver_generate_tokens",
+            ),
+            path(
                 "<int:pk>/deactivate/",
                 view(require_POST(self.deactivate_view)),
                 name="smtpservers_smtpserver_deactivate",
@@ -168,6 +188,16 @@ class SmtpServerAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
         return HttpResponseRedirect(self._change_url(copy))
+
+    def generate_tokens_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Off to the provider's consent page; it comes back to oauth_callback."""
+        server = self._server(request, pk, "change")
+        try:
+            url = oauth_flow_start(server=server, session=request.session)
+        except OAuthError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(self._change_url(server))
+        return HttpResponseRedirect(url)
 
     def deactivate_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         server = self._server(request, pk, "change")
@@ -207,6 +237,7 @@ class SmtpServerAdmin(admin.ModelAdmin):
         self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any
     ) -> HttpResponse:
         context["suggested_ports"] = SUGGESTED_PORTS
+        context["pop_ports"] = {"plain": POP_PORTS[False], "ssl": POP_PORTS[True]}
         return super().render_change_form(request, context, *args, **kwargs)
 
     def save_model(self, request: HttpRequest, obj: SmtpServer, form: Any, change: bool) -> None:
@@ -232,3 +263,60 @@ class SmtpServerAdmin(admin.ModelAdmin):
                 "encryption”.",
                 messages.WARNING,
             )
+
+
+@admin.register(GlobalOptions)
+class GlobalOptionsAdmin(admin.ModelAdmin):
+    """One page, no list: the changelist opens the single row."""
+
+    form = GlobalOptionsForm
+    change_form_template = "smtpservers/globaloptions_change_form.html"
+    fieldsets = (
+        (
+            "Modern Authentication Options",
+            {
+                "fields": (
+                    "office365_client_id",
+                    "office365_client_secret",
+                    "office365_tenant",
+                    "gmail_client_id",
+                    "gmail_client_secret",
+                ),
+            },
+        ),
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # the row is made on first visit
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict | None = None
+    ) -> HttpResponse:
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        options = GlobalOptions.load()
+        return HttpResponseRedirect(
+            reverse("admin:smtpservers_globaloptions_change", args=[options.pk])
+        )
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict | None = None,
+    ) -> HttpResponse:
+        extra_context = {
+            **(extra_context or {}),
+            "title": "Global options",
+            "subtitle": None,
+            "herald_redirect_uri": redirect_uri(),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def response_change(self, request: HttpRequest, obj: GlobalOptions) -> HttpResponse:
+        self.message_user(request, "The global options were saved.", messages.SUCCESS)
+        return HttpResponseRedirect(request.path)

@@ -1,9 +1,11 @@
 """Opening an SMTP session with every setting of an SmtpServer.
 
-One code path for "Test connection" and for sending: connect (implicit
-TLS for SSL), read the greeting, EHLO, STARTTLS and EHLO again, AUTH as
-configured. A failure raises SessionError naming the step and saying, in
-an administrator's words, what went wrong.
+One code path for "Test connection" and for sending: POP-before-SMTP
+when configured, connect (implicit TLS for SSL), read the greeting, EHLO,
+STARTTLS and EHLO again, AUTH as configured (refreshing an OAuth 2.0
+access token first when it is about to expire). A failure raises
+SessionError naming the step and saying, in an administrator's words,
+what went wrong.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import enum
+import poplib
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ import spnego
 from aiosmtplib.errors import SMTPAuthenticationError
 
 from .encryption import reveal
+from .oauth import OAuthError, oauth_refresh_due, oauth_token_refresh_detached
 
 if TYPE_CHECKING:
     from .models import SmtpServer
@@ -32,6 +36,7 @@ class Step(enum.StrEnum):
     GREETING = "greeting"
     EHLO = "EHLO"
     TLS = "TLS"
+    POP = "POP-before-SMTP"
     AUTH = "AUTH"
     QUIT = "QUIT"
 
@@ -72,6 +77,9 @@ async def session_open(server: SmtpServer) -> Session:
             "STARTTLS as the type of encryption connection, or tick “Allow login without "
             "encryption” if this network is trusted.",
         )
+    if server.pop_before_smtp:
+        # Blocking poplib in a thread: it is one short login per session.
+        await asyncio.to_thread(pop_login, server)
     await _resolve(server)
     client = aiosmtplib.SMTP(
         hostname=server.host,
@@ -297,6 +305,17 @@ async def _auth_ntlm(server: SmtpServer, client: aiosmtplib.SMTP, offered: list[
 async def _auth_xoauth2(server: SmtpServer, client: aiosmtplib.SMTP, offered: list[str]) -> str:
     if "XOAUTH2" not in offered:
         raise _not_offered("OAuth 2.0 (AUTH XOAUTH2)", offered)
+    if oauth_refresh_due(server=server):
+        # In a thread: the refresh reads and writes the server row, which
+        # Django will not do from inside an event loop.
+        try:
+            await asyncio.to_thread(oauth_token_refresh_detached, server=server)
+        except OAuthError as exc:
+            raise SessionError(
+                Step.AUTH,
+                f"Could not refresh the OAuth 2.0 access token: {exc} Generate tokens again.",
+                auth_rejected=True,
+            ) from exc
     token = reveal(server.oauth_access_token)
     if not token:
         raise SessionError(
@@ -304,6 +323,72 @@ async def _auth_xoauth2(server: SmtpServer, client: aiosmtplib.SMTP, offered: li
         )
     await client.auth_xoauth2(server.username, token)
     return "XOAUTH2"
+
+
+def pop_login(server: SmtpServer) -> None:
+    """POP-before-SMTP: log in to the POP3 mailbox and quit, so the SMTP
+    server accepts mail from this address for a while."""
+    address = f"{server.pop_host}:{server.pop_port}"
+    if not server.pop_ssl and not server.allow_insecure_auth:
+        raise SessionError(
+            Step.POP,
+            "Refused to send the POP3 password over an unencrypted connection. Tick “POP3 "
+            "over SSL”, or tick “Allow login without encryption” if this network is trusted.",
+        )
+    try:
+        if server.pop_ssl:
+            pop: poplib.POP3 = poplib.POP3_SSL(
+                server.pop_host,
+                server.pop_port,
+                timeout=server.timeout,
+                context=tls_context(server),
+            )
+        else:
+            pop = poplib.POP3(server.pop_host, server.pop_port, timeout=server.timeout)
+    except socket.gaierror as exc:
+        raise SessionError(
+            Step.POP,
+            f"Name not found: the POP3 host “{server.pop_host}” does not resolve to an "
+            f"address ({exc.strerror}).",
+        ) from exc
+    except ssl.SSLCertVerificationError as exc:
+        raise SessionError(Step.POP, f"POP3 server: {_certificate_failure(exc)}") from exc
+    except ssl.SSLError as exc:
+        raise SessionError(
+            Step.POP,
+            f"The TLS handshake with the POP3 server {address} failed ({exc.reason or exc}). "
+            "Is this port really POP3 over SSL (usually 995)?",
+        ) from exc
+    except ConnectionRefusedError as exc:
+        raise SessionError(
+            Step.POP, f"Connection refused: nothing accepts POP3 connections on {address}."
+        ) from exc
+    except TimeoutError as exc:
+        raise SessionError(
+            Step.POP,
+            f"Timed out: no answer from the POP3 server {address} within {server.timeout} seconds.",
+        ) from exc
+    except (OSError, poplib.error_proto) as exc:
+        raise SessionError(
+            Step.POP, f"Could not connect to the POP3 server {address}: {exc}."
+        ) from exc
+    try:
+        pop.user(server.pop_username)
+        pop.pass_(reveal(server.pop_password))
+        pop.quit()
+    except poplib.error_proto as exc:
+        reply = (
+            exc.args[0].decode(errors="replace")
+            if exc.args and isinstance(exc.args[0], bytes)
+            else str(exc)
+        )
+        raise SessionError(Step.POP, f"POP3 login rejected: {reply}", auth_rejected=True) from exc
+    except (TimeoutError, OSError) as exc:
+        raise SessionError(
+            Step.POP, f"The POP3 server {address} stopped answering during login ({exc})."
+        ) from exc
+    finally:
+        pop.close()
 
 
 async def session_quit(client: aiosmtplib.SMTP, server: SmtpServer) -> None:

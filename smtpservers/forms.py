@@ -5,7 +5,14 @@ from typing import Any
 from django import forms
 
 from .encryption import SecretFormField
-from .models import SmtpServer
+from .models import POP_PORTS, GlobalOptions, SmtpServer
+
+
+class OptionalPortField(forms.IntegerField):
+    """Blank means the usual port (set in the form's clean), not a change."""
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        return data not in (None, "") and super().has_changed(initial, data)
 
 
 class SmtpServerForm(forms.ModelForm):
@@ -36,6 +43,12 @@ class SmtpServerForm(forms.ModelForm):
             "oauth_provider",
             "oauth_access_token",
             "oauth_refresh_token",
+            "pop_before_smtp",
+            "pop_host",
+            "pop_port",
+            "pop_ssl",
+            "pop_username",
+            "pop_password",
         ]
         error_messages = {
             "host": {"required": "Enter the server's host name or IP address."},
@@ -51,6 +64,13 @@ class SmtpServerForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["port"].widget.attrs.update({"data-default-port": "25"})
+        self.fields["pop_port"] = OptionalPortField(
+            label=self.fields["pop_port"].label,
+            help_text=self.fields["pop_port"].help_text,
+            min_value=1,
+            max_value=65535,
+            required=False,
+        )
         self.fields["oauth_access_token"].help_text = (
             "Filled by “Generate tokens”, or paste one. Stored encrypted and never shown; "
             "leave blank to keep it."
@@ -58,6 +78,9 @@ class SmtpServerForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        if cleaned.get("pop_port") is None and "pop_port" not in self.errors:
+            # Optional like the rest of POP before SMTP: blank is the usual port.
+            cleaned["pop_port"] = POP_PORTS[bool(cleaned.get("pop_ssl"))]
         password = cleaned.get("password") or ""
         confirm = cleaned.get("password_confirm") or ""
         if password != confirm:
@@ -66,3 +89,17 @@ class SmtpServerForm(forms.ModelForm):
                 "The two passwords do not match. Type the same password in both fields.",
             )
         return cleaned
+
+
+class GlobalOptionsForm(forms.ModelForm):
+    """The OAuth 2.0 applications; the client secrets are write-only."""
+
+    class Meta:
+        model = GlobalOptions
+        fields = [
+            "office365_client_id",
+            "office365_client_secret",
+            "office365_tenant",
+            "gmail_client_id",
+            "gmail_client_secret",
+        ]

@@ -1,3 +1,7 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -8,10 +12,12 @@ from .validators import (
     validate_header_value,
     validate_helo_name,
     validate_host,
+    validate_tenant,
 )
 
 DEFAULT_PORT = 25
 SUGGESTED_PORTS = {"none": 25, "ssl": 465, "starttls": 587}
+POP_PORTS = {False: 110, True: 995}
 
 
 class SmtpServer(models.Model):
@@ -96,6 +102,24 @@ class SmtpServer(models.Model):
     oauth_access_token = EncryptedTextField("access token", blank=True, default="")
     oauth_refresh_token = EncryptedTextField("refresh token", blank=True, default="")
     oauth_expires_at = models.DateTimeField("access token expires at", null=True, blank=True)
+    pop_before_smtp = models.BooleanField(
+        "POP before SMTP",
+        default=False,
+        help_text="Log in to a POP3 mailbox before each sending session, for servers that "
+        "accept mail only from addresses that have just read their mail.",
+    )
+    pop_host = models.CharField("POP3 host", max_length=253, blank=True, validators=[validate_host])
+    pop_port = models.PositiveIntegerField(
+        "POP3 port",
+        default=POP_PORTS[False],
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        help_text="110 by default; usually 995 with SSL.",
+    )
+    pop_ssl = models.BooleanField("POP3 over SSL", default=False)
+    pop_username = models.CharField(
+        "POP3 account name", max_length=254, blank=True, validators=[validate_header_value]
+    )
+    pop_password = EncryptedTextField("POP3 password", blank=True, default="")
     is_active = models.BooleanField("active", default=True)
     connection_ok = models.BooleanField("connection OK", null=True, editable=False)
     connection_status = models.TextField(blank=True, editable=False)
@@ -142,5 +166,66 @@ class SmtpServer(models.Model):
                 "A CA bundle is only used with SSL or STARTTLS; choose one of them or "
                 "clear the bundle."
             )
+        if self.pop_before_smtp:
+            if not self.pop_host:
+                errors["pop_host"] = "Enter the POP3 host; POP before SMTP needs one."
+            if not self.pop_username:
+                errors["pop_username"] = "Enter the POP3 account name; POP before SMTP needs one."
+            if not self.pop_password:
+                errors["pop_password"] = "Enter the POP3 password; POP before SMTP needs one."
         if errors:
             raise ValidationError(errors)
+
+    @property
+    def uses_oauth2(self) -> bool:
+        return self.auth_method == self.AuthMethod.OAUTH2 and bool(self.oauth_provider)
+
+
+class GlobalOptions(models.Model):
+    """Settings made once for every server: the OAuth 2.0 applications
+    Herald is registered as with Microsoft and Google. One row only."""
+
+    office365_client_id = models.CharField(
+        "Office 365 client ID",
+        max_length=200,
+        blank=True,
+        validators=[validate_header_value],
+        help_text="The Application (client) ID of the app registered in Microsoft Entra ID.",
+    )
+    office365_client_secret = EncryptedTextField("Office 365 client secret", blank=True, default="")
+    office365_tenant = models.CharField(
+        "Office 365 tenant",
+        max_length=200,
+        blank=True,
+        default="organizations",
+        validators=[validate_tenant],
+        help_text="The directory (tenant) ID or domain, e.g. contoso.onmicrosoft.com; "
+        "“organizations” accepts any work account.",
+    )
+    gmail_client_id = models.CharField(
+        "Gmail client ID",
+        max_length=200,
+        blank=True,
+        validators=[validate_header_value],
+        help_text="The OAuth client ID (…apps.googleusercontent.com) from Google Cloud.",
+    )
+    gmail_client_secret = EncryptedTextField("Gmail client secret", blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = verbose_name_plural = "Global options"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(pk=1), name="globaloptions_singleton")
+        ]
+
+    def __str__(self) -> str:
+        return "Global options"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.pk = 1  # the one row
+        super().save(*args, **kwargs)
+
+    @classmethod
+    def load(cls) -> GlobalOptions:
+        options, _ = cls.objects.get_or_create(pk=1)
+        return options

@@ -30,7 +30,8 @@ class ConnectionReport:
 
 
 def connection_test(*, server: SmtpServer) -> ConnectionReport:
-    """Connect, TLS, EHLO, AUTH and QUIT as configured; record the outcome."""
+    """POP-before-SMTP, connect, TLS, EHLO, AUTH and QUIT as configured;
+    record the outcome."""
     report = asyncio.run(_connection_test(server))
     connection_status_record(server=server, ok=report.ok, message=report.message)
     return report
@@ -43,10 +44,11 @@ async def _connection_test(server: SmtpServer) -> ConnectionReport:
     except SessionError as exc:
         return ConnectionReport(False, f"Failed at {exc.step}: {exc}")
     tls = {"ssl": ", implicit TLS", "starttls": ", STARTTLS"}.get(server.security, "")
+    pop = ", POP-before-SMTP login OK" if server.pop_before_smtp else ""
     auth = f", logged in with AUTH {session.auth_mechanism}" if session.auth_mechanism else ""
     extensions = " ".join(e.upper() for e in session.extensions) or "none"
     return ConnectionReport(
-        True, f"OK{tls}{auth}. Banner: {session.banner}. Extensions: {extensions}."
+        True, f"OK{tls}{pop}{auth}. Banner: {session.banner}. Extensions: {extensions}."
     )
 
 

@@ -1,4 +1,8 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from . import views
 
 app_name = "smtpservers"
-urlpatterns: list = []
+urlpatterns = [
+    path("oauth/callback/", views.oauth_callback, name="oauth_callback"),
+]

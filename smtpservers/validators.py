@@ -109,3 +109,17 @@ def validate_ca_bundle(value: str) -> None:
         ) from None
     if not certificates:  # pragma: no cover - load_pem_x509_certificates raises first
         raise ValidationError("The CA bundle holds no certificate.", code="empty")
+
+
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,199}$")
+
+
+def validate_tenant(value: str) -> None:
+    """A Microsoft Entra tenant: a GUID, a domain, or organizations/common.
+    It becomes a path segment of the authority URL, so nothing else passes."""
+    if value and not _TENANT.match(value):
+        raise ValidationError(
+            "Enter the tenant ID (a GUID), its domain (contoso.onmicrosoft.com), or "
+            "“organizations”.",
+            code="invalid",
+        )

@@ -207,7 +207,8 @@ def test_rotation_lets_the_old_key_be_removed(db: None, settings: Any, key: str)
     output = rotate("--batch-size", "2")
 
     assert (
-        "smtpservers.SmtpServer (password, oauth_access_token, oauth_refresh_token): "
+        "smtpservers.SmtpServer (password, oauth_access_token, oauth_refresh_token, "
+        "pop_password): "
         "re-encrypted 5 value(s) in 5 row(s)" in output
     )
     assert "Re-encrypted 5 value(s) in total." in output
@@ -236,7 +237,8 @@ def test_a_dry_run_counts_and_writes_nothing(server: SmtpServer, settings: Any, 
     settings.HERALD_ENCRYPTION_KEYS = [new_key(), key]
     output = rotate("--dry-run")
     assert (
-        "smtpservers.SmtpServer (password, oauth_access_token, oauth_refresh_token): "
+        "smtpservers.SmtpServer (password, oauth_access_token, oauth_refresh_token, "
+        "pop_password): "
         "would re-encrypt 1 value(s) in 1 row(s)" in output
     )
     assert "Dry run: would re-encrypt 1 value(s) in total." in output

@@ -39,4 +39,16 @@ document.addEventListener("DOMContentLoaded", () => {
   [port, verify, auth].forEach((el) => el && el.addEventListener("input", sync));
   [verify, auth].forEach((el) => el && el.addEventListener("change", sync));
   sync();
+
+  // POP before SMTP: the port follows "over SSL" while it is a usual one.
+  const popPorts = JSON.parse(($("herald-pop-ports") || {}).textContent || "{}");
+  const popSsl = $("id_pop_ssl");
+  const popPort = $("id_pop_port");
+  if (popSsl && popPort) {
+    popSsl.addEventListener("change", () => {
+      if (Object.values(popPorts).map(String).includes(popPort.value)) {
+        popPort.value = popSsl.checked ? popPorts.ssl : popPorts.plain;
+      }
+    });
+  }
 });
