@@ -98,3 +98,30 @@ def test_a_deactivated_user_s_tokens_stop_working(db: None) -> None:
     user.is_active = False
     user.save()
     assert _bearer(raw).get("/api/v1/contacts/").status_code == 401
+
+
+def test_someone_who_may_not_change_every_token_sees_and_makes_only_their_own(
+    db: None,
+) -> None:
+    # As marketers and operators will, once their roles hold add, view and
+    # delete of API tokens (but not change).
+    from django.contrib.auth.models import Permission
+
+    mia = user_create(username="mia", email="mia@herald.test", password="pw", role=MARKETER)
+    mia.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="api",
+            codename__in=["add_apitoken", "view_apitoken", "delete_apitoken"],
+        )
+    )
+    other = user_create(username="ada", email="ada@herald.test", password="pw", role=ADMINISTRATOR)
+    token_create(user=other, name="Ada script")
+    browser = Client()
+    browser.force_login(mia)
+
+    raw, _ = _admin_creates_token(browser, user=other.pk)
+
+    assert ApiToken.objects.get(name="CRM sync").user == mia
+    listing = browser.get("/admin/api/apitoken/").content.decode()
+    assert "CRM sync" in listing and "Ada script" not in listing
+    assert _bearer(raw).get("/api/v1/contacts/").status_code == 200
