@@ -168,6 +168,16 @@ class TemplateSerializer(serializers.ModelSerializer):
         read_only_fields = ["created_at", "updated_at"]
 
 
+class PreviewRequestSerializer(serializers.Serializer):
+    contact = serializers.PrimaryKeyRelatedField(queryset=Contact.objects.all())
+
+
+class PreviewSerializer(serializers.Serializer):
+    subject = serializers.CharField()
+    text = serializers.CharField()
+    html = serializers.CharField(allow_null=True)
+
+
 class CampaignSerializer(serializers.ModelSerializer):
     lists = serializers.PrimaryKeyRelatedField(
         queryset=ContactList.objects.all(), many=True, allow_empty=False

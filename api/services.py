@@ -15,7 +15,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from campaigns.imports import RowRejected, _contacts_write, contact_row_clean
-from campaigns.models import Campaign, Contact, ContactList, Subscription
+from campaigns.messages import message_build, template_compile
+from campaigns.models import Campaign, CampaignItem, Contact, ContactList, Subscription, Template
+from dispatchers.models import Dispatcher
 
 from .models import ApiToken
 
@@ -175,3 +177,36 @@ def campaign_duplicate(*, campaign: Campaign, user: AbstractBaseUser) -> Campaig
         )
         copy.lists.set(campaign.lists.all())
     return copy
+
+
+# --- templates ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preview:
+    subject: str
+    text: str
+    html: str | None
+
+
+def template_preview(*, template: Template, contact: Contact) -> Preview:
+    """The message as the pipeline would build it for this contact, from
+    an unsaved campaign: nothing is stored, and the unsubscribe link in it
+    leads nowhere."""
+    campaign = Campaign(name=template.name, template=template)
+    dispatcher = Dispatcher(from_email="preview@herald.invalid", from_name="Herald preview")
+    item = CampaignItem(campaign=campaign, contact=contact, token="preview")
+    message = message_build(
+        compiled=template_compile(template=template),
+        item=item,
+        contact=contact,
+        campaign=campaign,
+        dispatcher=dispatcher,
+    )
+    text_part = message.get_body(preferencelist=("plain",))
+    html_part = message.get_body(preferencelist=("html",))
+    return Preview(
+        subject=str(message["Subject"]),
+        text=text_part.get_content() if text_part is not None else "",
+        html=html_part.get_content() if html_part is not None else None,
+    )

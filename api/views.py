@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from campaigns import services as campaign_services
+from campaigns.messages import MessageBuildError
 from campaigns.models import Campaign, CampaignItem, Contact, ContactList, Suppression, Template
 from campaigns.selectors import campaign_counts, campaign_progress
 from dispatchers.models import Dispatcher
@@ -23,7 +24,13 @@ from jobs.models import ON_DEMAND_ONLY, Job, JobRun
 
 from . import serializers as s
 from .exceptions import Conflict, Unavailable
-from .services import campaign_duplicate, contact_lists_leave, contact_subscribe, contacts_upsert
+from .services import (
+    campaign_duplicate,
+    contact_lists_leave,
+    contact_subscribe,
+    contacts_upsert,
+    template_preview,
+)
 
 
 class AdminModelViewSet(viewsets.ModelViewSet):
@@ -130,6 +137,20 @@ class SuppressionViewSet(AdminModelViewSet):
 class TemplateViewSet(AdminModelViewSet):
     queryset = Template.objects.all()
     serializer_class = s.TemplateSerializer
+    action_permissions = {"preview": ["campaigns.view_template", "campaigns.view_contact"]}
+
+    @extend_schema(request=s.PreviewRequestSerializer, responses=s.PreviewSerializer)
+    @action(detail=True, methods=["post"])
+    def preview(self, request: Request, pk: str) -> Response:
+        """The template rendered for one contact, as it would be sent."""
+        template = self.get_object()
+        payload = s.PreviewRequestSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        try:
+            preview = template_preview(template=template, contact=payload.validated_data["contact"])
+        except MessageBuildError as exc:
+            raise serializers.ValidationError({"template": [str(exc)]}) from None
+        return Response(preview.__dict__)
 
 
 class CampaignViewSet(AdminModelViewSet):

@@ -73,3 +73,18 @@ def test_progress_and_recipients(marketer: Any, cast: Cast) -> None:
     emails = [r["email"] for r in first["results"] + second["results"]]
     assert sorted(emails) == sorted(["jane@example.org", *(c.email for c in contacts)])
     assert second["next"] is None
+
+
+def test_a_template_previews_for_a_contact_as_it_would_be_sent(marketer: Any, cast: Cast) -> None:
+    url = f"/api/v1/templates/{cast.template.pk}/preview/"
+    preview = marketer.post(url, {"contact": cast.contact.pk}, format="json").json()
+    assert preview["subject"] == "Hello Jane"
+    assert "Dear Jane" in preview["text"] and "<p>Dear Jane,</p>" in preview["html"]
+
+
+def test_a_preview_that_would_inject_a_header_is_refused(marketer: Any, cast: Cast) -> None:
+    Contact.objects.filter(pk=cast.contact.pk).update(first_name="Jane\r\nBcc: all@x.org")
+    url = f"/api/v1/templates/{cast.template.pk}/preview/"
+    response = marketer.post(url, {"contact": cast.contact.pk}, format="json")
+    assert response.status_code == 400
+    assert "template" in response.json()["details"]

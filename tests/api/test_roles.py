@@ -92,6 +92,14 @@ TABLE: list[tuple[str, str, Url, Body | None, int, tuple[str, ...]]] = [
         200,
         (M, A),
     ),
+    (
+        "preview template",
+        "post",
+        lambda c: f"/api/v1/templates/{c.template.pk}/preview/",
+        lambda c: {"contact": c.contact.pk},
+        200,
+        (M, A),
+    ),
     ("list campaigns", "get", lambda c: "/api/v1/campaigns/", None, 200, (M, OP, A)),
     (
         "create campaign",
