@@ -1,9 +1,20 @@
+from typing import Any
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
-from django.utils.html import format_html
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
-from .models import Dispatcher
+from .domains import (
+    sender_domain_archive,
+    sender_domain_key_new,
+    sender_domain_keys_fill,
+    sender_domain_records,
+    sender_domain_unarchive,
+    sender_domain_verify,
+)
+from .models import Dispatcher, SenderDomain
 from .services import dispatcher_pause, dispatcher_resume
 
 
@@ -13,7 +24,7 @@ class DispatcherAdmin(admin.ModelAdmin):
     list_select_related = ("smtp_server",)
     list_filter = ("type", "delivery_mode", "is_enabled")
     search_fields = ("name", "server_name", "from_email")
-    readonly_fields = ("worker_command", "state")
+    readonly_fields = ("worker_command", "state", "sender_domain_status", "dmarc_alignment")
     actions = ("pause", "resume")
     fieldsets = (
         (
@@ -42,8 +53,68 @@ class DispatcherAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        ("Login information", {"fields": ("from_email", "from_name", "reply_to")}),
+        (
+            "Login information",
+            {
+                "fields": (
+                    "from_email",
+                    "sender_domain_status",
+                    "dmarc_alignment",
+                    "from_name",
+                    "reply_to",
+                )
+            },
+        ),
     )
+
+    @admin.display(description="sender domain")
+    def sender_domain_status(self, obj: Dispatcher) -> str:
+        if not obj.from_email:
+            return "—"
+        problem = obj.sender_domain_problem
+        if problem:
+            return format_html(
+                '<span class="herald-badge herald-badge--failed">Warning</span> '
+                '<span class="herald-sub">{}: receivers may junk or reject this mail.</span>',
+                problem,
+            )
+        return format_html(
+            '<span class="herald-badge herald-badge--ok">Verified</span> '
+            '<span class="herald-sub">{}</span>',
+            obj.from_domain,
+        )
+
+    @admin.display(description="DMARC alignment")
+    def dmarc_alignment(self, obj: Dispatcher) -> str:
+        # campaigns builds the messages, so it owns the return path; read lazily
+        # because campaigns imports this app's models.
+        from campaigns.messages import bounce_domain
+
+        from .signing import signer_for
+
+        if not obj.from_email:
+            return "—"
+        signer = signer_for(dispatcher=obj)
+        dkim_domain = signer.domain if signer else ""
+        return_path = bounce_domain(obj).lower()
+        return format_html_join(
+            "<br>",
+            "{}: {}",
+            (
+                (
+                    "DKIM",
+                    f"aligned (d={dkim_domain})"
+                    if dkim_domain
+                    else "not aligned: no active DKIM key for this domain, mail leaves unsigned",
+                ),
+                (
+                    "SPF (return path)",
+                    f"aligned ({return_path})"
+                    if aligned(obj.from_domain, return_path)
+                    else f"not aligned: {return_path} is not {obj.from_domain} or below it",
+                ),
+            ),
+        )
 
     @admin.display(description="state")
     def state(self, obj: Dispatcher) -> str:
@@ -80,3 +151,173 @@ class DispatcherAdmin(admin.ModelAdmin):
     def resume(self, request: HttpRequest, queryset: QuerySet[Dispatcher]) -> None:
         n = sum(dispatcher_resume(dispatcher=d) for d in queryset)
         self.message_user(request, f"Resumed {n} dispatcher(s).", messages.SUCCESS)
+
+
+def aligned(from_domain: str, other: str) -> bool:
+    """Relaxed DMARC alignment, approximated without the public suffix
+    list: the same domain, or one a subdomain of the other."""
+    return (
+        other == from_domain
+        or other.endswith(f".{from_domain}")
+        or from_domain.endswith(f".{other}")
+    )
+
+
+def _badge(status: str, label: str) -> str:
+    badge = {"ok": "ok", "failed": "failed"}.get(status, "paused")
+    return format_html('<span class="herald-badge herald-badge--{}">{}</span>', badge, label)
+
+
+@admin.register(SenderDomain)
+class SenderDomainAdmin(admin.ModelAdmin):
+    list_display = ("domain", "spf", "dkim", "dmarc", "checked_at", "verified_at", "archived")
+    list_filter = ("archived", "spf_status", "dkim_status", "dmarc_status")
+    search_fields = ("domain",)
+    actions = ("verify", "new_key", "archive", "unarchive")
+    readonly_fields = (
+        "records",
+        "spf",
+        "dkim",
+        "dmarc",
+        "checked_at",
+        "verified_at",
+        "dkim_selector",
+        "key_state",
+        "archived",
+    )
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "domain",
+                    "dmarc_report_email",
+                    "return_path_domain",
+                    "return_path_host",
+                    "archived",
+                )
+            },
+        ),
+        ("Records to publish", {"fields": ("records",)}),
+        (
+            "Status",
+            {
+                "fields": (
+                    "spf",
+                    "dkim",
+                    "dmarc",
+                    "checked_at",
+                    "verified_at",
+                    "dkim_selector",
+                    "key_state",
+                )
+            },
+        ),
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: SenderDomain | None = None) -> Any:
+        # The domain names the key and every record: fixed once saved.
+        fields = tuple(self.readonly_fields)
+        return ("domain", *fields) if obj is not None else fields
+
+    def _status(self, obj: SenderDomain, check: str) -> str:
+        status = getattr(obj, f"{check}_status")
+        reason = getattr(obj, f"{check}_reason")
+        label = obj.Status(status).label
+        return format_html('{} <span class="herald-sub">{}</span>', _badge(status, label), reason)
+
+    @admin.display(description="SPF")
+    def spf(self, obj: SenderDomain) -> str:
+        return self._status(obj, "spf")
+
+    @admin.display(description="DKIM")
+    def dkim(self, obj: SenderDomain) -> str:
+        return self._status(obj, "dkim")
+
+    @admin.display(description="DMARC")
+    def dmarc(self, obj: SenderDomain) -> str:
+        return self._status(obj, "dmarc")
+
+    @admin.display(description="signing key")
+    def key_state(self, obj: SenderDomain) -> str:
+        if not obj.pk:
+            return "Made when the domain is saved."
+        state = "signs outgoing mail" if obj.key_active else "signs once its DKIM record verifies"
+        text = f"RSA 2048, selector {obj.dkim_selector}: {state}."
+        if obj.pending_selector:
+            text += (
+                f" New key {obj.pending_selector} waits for its record to verify "
+                f"({obj.pending_reason}); then it replaces the current key."
+            )
+        return text
+
+    @admin.display(description="records")
+    def records(self, obj: SenderDomain) -> str:
+        if not obj.pk:
+            return "Shown once the domain is saved (the DKIM key is made then)."
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td>"
+            '<td><code class="herald-record">{}</code></td></tr>',
+            ((r.purpose, r.type, r.name, r.value) for r in sender_domain_records(domain=obj)),
+        )
+        return format_html(
+            '<table class="herald-records"><thead><tr><th>For</th><th>Type</th><th>Name</th>'
+            "<th>Value</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    def save_model(self, request: HttpRequest, obj: SenderDomain, form: Any, change: bool) -> None:
+        if not change:
+            sender_domain_keys_fill(domain=obj)
+        super().save_model(request, obj, form, change)
+
+    def has_delete_permission(self, request: HttpRequest, obj: SenderDomain | None = None) -> bool:
+        return False
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict | None = None
+    ) -> HttpResponse:
+        # Sender domains are history: what was sent from where stays readable.
+        self.message_user(
+            request,
+            "Sender domains are never deleted; archive it instead (it stays listed).",
+            messages.ERROR,
+        )
+        return HttpResponseRedirect(
+            reverse("admin:dispatchers_senderdomain_change", args=[object_id])
+        )
+
+    @admin.action(description="Verify the DNS records now", permissions=["change"])
+    def verify(self, request: HttpRequest, queryset: QuerySet[SenderDomain]) -> None:
+        for domain in queryset.filter(archived=False):
+            ok = sender_domain_verify(domain=domain)
+            if ok:
+                self.message_user(request, f"Sender domain {domain} verified.", messages.SUCCESS)
+            else:
+                self.message_user(
+                    request,
+                    f"Sender domain {domain} is not verified: {domain.problem}",
+                    messages.WARNING,
+                )
+
+    @admin.action(description="Make a new DKIM key (rotation)", permissions=["change"])
+    def new_key(self, request: HttpRequest, queryset: QuerySet[SenderDomain]) -> None:
+        for domain in queryset.filter(archived=False):
+            sender_domain_key_new(domain=domain)
+            self.message_user(
+                request,
+                f"Sender domain {domain}: publish the record for selector "
+                f"{domain.pending_selector}; it replaces the current key once it verifies.",
+                messages.SUCCESS,
+            )
+
+    @admin.action(description="Archive selected domains", permissions=["change"])
+    def archive(self, request: HttpRequest, queryset: QuerySet[SenderDomain]) -> None:
+        n = sum(sender_domain_archive(domain=d) for d in queryset)
+        self.message_user(request, f"Archived {n} domain(s).", messages.SUCCESS)
+
+    @admin.action(description="Restore selected domains from the archive", permissions=["change"])
+    def unarchive(self, request: HttpRequest, queryset: QuerySet[SenderDomain]) -> None:
+        n = sum(sender_domain_unarchive(domain=d) for d in queryset)
+        self.message_user(request, f"Restored {n} domain(s).", messages.SUCCESS)

@@ -1,12 +1,20 @@
+from __future__ import annotations
+
 import re
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from smtpservers.encryption import EncryptedTextField
 from smtpservers.models import SmtpServer
 from smtpservers.validators import validate_header_value
 
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+)
+_SELECTOR = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _COMPUTER_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
@@ -20,6 +28,22 @@ def validate_server_name(value: str) -> None:
         raise ValidationError(
             "A computer name has only letters, digits and hyphens, and no spaces.",
             code="invalid",
+        )
+
+
+def validate_domain(value: str) -> None:
+    if not _DOMAIN.match(value.lower()):
+        raise ValidationError(
+            "Enter a domain name, such as example.com (no @, no spaces, no trailing dot).",
+            code="invalid_domain",
+        )
+
+
+def validate_selector(value: str) -> None:
+    if not _SELECTOR.match(value):
+        raise ValidationError(
+            "A DKIM selector has only lower-case letters, digits and hyphens.",
+            code="invalid_selector",
         )
 
 
@@ -104,6 +128,27 @@ class Dispatcher(models.Model):
             and not self.smtp_server.is_active
         ):
             return f"SMTP server “{self.smtp_server.name}” is inactive"
+        if settings.HERALD_REQUIRE_VERIFIED_DOMAINS and self.type == self.Type.EMAIL:
+            return self.sender_domain_problem
+        return ""
+
+    @property
+    def from_domain(self) -> str:
+        return self.from_email.rpartition("@")[2].lower()
+
+    @property
+    def sender_domain(self) -> SenderDomain | None:
+        """The (unarchived) sender domain of the From address, if Herald has it."""
+        return SenderDomain.objects.filter(domain=self.from_domain, archived=False).first()
+
+    @property
+    def sender_domain_problem(self) -> str:
+        """Why mail from this dispatcher is not authenticated ("" if it is)."""
+        domain = self.sender_domain
+        if domain is None:
+            return f"“{self.from_domain}” is not a sender domain in Herald"
+        if not domain.is_verified:
+            return f"Sender domain “{domain.domain}” is not verified ({domain.problem})"
         return ""
 
     def clean(self) -> None:
@@ -135,3 +180,106 @@ class RateUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dispatcher}: {self.count} at {self.minute:%H:%M}"
+
+
+class SenderDomain(models.Model):
+    """A domain Herald sends from: its DKIM key, the records to publish, and
+    what the last look-up found. Never deleted, only archived, so the
+    history of who sent from where stays readable."""
+
+    class Status(models.TextChoices):
+        UNKNOWN = "unknown", "Not checked yet"
+        OK = "ok", "Verified"
+        FAILED = "failed", "Failed"
+
+    domain = models.CharField(
+        max_length=253,
+        unique=True,
+        validators=[validate_domain],
+        help_text="The domain of the sender addresses, e.g. example.com.",
+    )
+    dmarc_report_email = models.EmailField(
+        "DMARC report address",
+        blank=True,
+        validators=[validate_header_value],
+        help_text="Where receivers send DMARC aggregate reports (rua). "
+        "Blank: postmaster@ the domain.",
+    )
+    return_path_domain = models.CharField(
+        "return-path (bounce) domain",
+        max_length=253,
+        blank=True,
+        validators=[validate_domain],
+        help_text="The domain of the envelope sender, where bounces come back. "
+        "Blank: the domain itself.",
+    )
+    return_path_host = models.CharField(
+        "bounce mail host",
+        max_length=253,
+        blank=True,
+        validators=[validate_domain],
+        help_text="The mail server that receives the bounce mailbox's mail "
+        "(the MX to publish for the return-path domain).",
+    )
+    dkim_selector = models.CharField(max_length=63, validators=[validate_selector], editable=False)
+    dkim_private_key = EncryptedTextField(editable=False)
+    dkim_public_key = models.TextField(editable=False)
+    # The first key signs once DKIM has verified; a key made by rotation
+    # waits in the pending fields until its own record verifies.
+    key_active = models.BooleanField(default=False, editable=False)
+    pending_selector = models.CharField(
+        max_length=63, blank=True, validators=[validate_selector], editable=False
+    )
+    pending_private_key = EncryptedTextField(null=True, blank=True, editable=False)
+    pending_public_key = models.TextField(blank=True, editable=False)
+    pending_reason = models.TextField(blank=True, editable=False)
+    spf_status = models.CharField(
+        "SPF", max_length=10, choices=Status.choices, default=Status.UNKNOWN, editable=False
+    )
+    spf_reason = models.TextField(blank=True, editable=False)
+    dkim_status = models.CharField(
+        "DKIM", max_length=10, choices=Status.choices, default=Status.UNKNOWN, editable=False
+    )
+    dkim_reason = models.TextField(blank=True, editable=False)
+    dmarc_status = models.CharField(
+        "DMARC", max_length=10, choices=Status.choices, default=Status.UNKNOWN, editable=False
+    )
+    dmarc_reason = models.TextField(blank=True, editable=False)
+    checked_at = models.DateTimeField("last checked", null=True, blank=True, editable=False)
+    verified_at = models.DateTimeField("last verified", null=True, blank=True, editable=False)
+    archived = models.BooleanField(default=False, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["archived", "domain"]
+
+    def __str__(self) -> str:
+        return self.domain
+
+    def clean(self) -> None:
+        # Normalise before the validators run, so Example.COM is example.com.
+        self.domain = (self.domain or "").strip().lower()
+        self.return_path_domain = (self.return_path_domain or "").strip().lower()
+        self.return_path_host = (self.return_path_host or "").strip().lower()
+
+    @property
+    def is_verified(self) -> bool:
+        return all(
+            status == self.Status.OK
+            for status in (self.spf_status, self.dkim_status, self.dmarc_status)
+        )
+
+    @property
+    def problem(self) -> str:
+        """What is wrong, one check after the other ("" when verified)."""
+        found = []
+        for label, status, reason in (
+            ("SPF", self.spf_status, self.spf_reason),
+            ("DKIM", self.dkim_status, self.dkim_reason),
+            ("DMARC", self.dmarc_status, self.dmarc_reason),
+        ):
+            if status == self.Status.UNKNOWN:
+                found.append(f"{label}: not checked yet")
+            elif status == self.Status.FAILED:
+                found.append(f"{label}: {reason}")
+        return "; ".join(found)

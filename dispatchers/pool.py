@@ -14,9 +14,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .transports import ConnectionLost, SendResult, Transport
+
+if TYPE_CHECKING:
+    from .signing import Signer
 
 K = TypeVar("K")
 
@@ -29,9 +32,12 @@ class Completion(Generic[K]):
 
 
 class SendPool(Generic[K]):
-    def __init__(self, factory: Callable[[], Transport], size: int) -> None:
+    def __init__(
+        self, factory: Callable[[], Transport], size: int, *, signer: Signer | None = None
+    ) -> None:
         self.size = max(size, 1)
         self._factory = factory
+        self._signer = signer
         self._local = threading.local()
         self._opened: list[Transport] = []
         self._opened_lock = threading.Lock()
@@ -49,6 +55,9 @@ class SendPool(Generic[K]):
         return transport
 
     def _send(self, message: EmailMessage, sender: str, recipient: str) -> SendResult:
+        if self._signer is not None:
+            # The last step before the wire: nothing may change the message after.
+            message = self._signer.sign(message)
         try:
             return self._transport().send(message, sender=sender, recipient=recipient)
         except ConnectionLost:

@@ -16,6 +16,7 @@ class Job(models.TextChoices):
     HOUSEKEEPING = "campaigns.tasks.housekeeping", "Housekeeping (prune history)"
     CHECK_JOBS = "jobs.tasks.check_jobs", "Check job health"
     PROCESS_BOUNCES = "bounces.tasks.process_bounces", "Process bounce email"
+    VERIFY_SENDER_DOMAINS = "dispatchers.tasks.verify_sender_domains", "Verify sender domains"
     REFRESH_OAUTH_TOKENS = "smtpservers.tasks.refresh_oauth_tokens", "Refresh OAuth tokens"
 
 
