@@ -42,7 +42,8 @@ GMAIL_SCOPE = "https://mail.google.com/"
 # Refresh this long before the access token expires: a session opened
 # just before expiry must not log in with a token that dies mid-batch.
 REFRESH_MARGIN = timedelta(minutes=5)
-# A consent page left open longer than this starts over.
+# A consent page left open longer than this starts over (the message of
+# OAuthStateError says so).
 FLOW_MAX_AGE = timedelta(minutes=15)
 HTTP_TIMEOUT = 30
 SESSION_KEY = "herald_oauth_flows"
@@ -133,16 +134,14 @@ def oauth_flow_finish(*, session: Any, params: dict[str, str]) -> SmtpServer:
     if entry is None:
         raise OAuthStateError(
             "This sign-in answer does not belong to a “Generate tokens” started in this "
-            "browser (or it was already used). Nothing was saved; start again from the "
-            "SMTP server."
+            "browser, was already used, or is older than 15 minutes. Nothing was saved; "
+            "start again with “Generate tokens” on the SMTP server."
         )
     server = SmtpServer.objects.filter(pk=entry["server"]).first()
     if server is None or server.oauth_provider != entry["provider"]:
         raise OAuthError(
             "The SMTP server was deleted or its mail server changed meanwhile; nothing was saved."
         )
-    if timezone.now().timestamp() - entry["started"] > FLOW_MAX_AGE.total_seconds():
-        raise OAuthError("The sign-in took too long; nothing was saved. Generate tokens again.")
     if "error" in params:
         raise OAuthError(f"The provider did not grant access: {_describe(params)}")
     options = _options(server.oauth_provider)

@@ -207,6 +207,21 @@ def test_a_replayed_callback_is_refused(
     assert len(idp.token_requests()) == 1
 
 
+def test_a_consent_older_than_fifteen_minutes_is_refused(
+    idp: Provider, options: GlobalOptions, administrator_client: Client
+) -> None:
+    server = oauth_server(GMAIL)
+    query = consent(administrator_client, server)
+    session = administrator_client.session
+    session["herald_oauth_flows"][query["state"]]["started"] -= 16 * 60
+    session.save()
+    code = idp.user_consents("google", code_challenge=query["code_challenge"])
+    response = administrator_client.get(CALLBACK, {"code": code, "state": query["state"]})
+    assert response.status_code == 400
+    assert "is older than 15 minutes" in response.content.decode()
+    assert stored(server) == ("", "") and idp.token_requests() == []
+
+
 def test_a_state_started_in_another_browser_is_refused(
     idp: Provider, options: GlobalOptions, administrator_client: Client
 ) -> None:
@@ -374,7 +389,7 @@ def test_the_job_refreshes_what_is_due_and_records_its_run(
 # --- sending after a refresh ---------------------------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 @pytest.mark.parametrize("provider", [OFFICE365, GMAIL])
 def test_an_xoauth2_send_refreshes_first_and_logs_in_with_the_new_token(
     idp: Provider, options: GlobalOptions, make_server: Any, pki: Pki, provider: str
@@ -401,7 +416,7 @@ def test_an_xoauth2_send_refreshes_first_and_logs_in_with_the_new_token(
         assert stored(server)[1] not in ("", refresh)
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_send_whose_refresh_fails_stops_and_raises_the_notification(
     idp: Provider, options: GlobalOptions, make_server: Any, pki: Pki
 ) -> None:
