@@ -26,15 +26,18 @@ ROLE_PERMISSIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "campaigns.campaign": (*_CRUD, "pause_campaign"),
         "campaigns.campaignitem": ("view",),
         "bounces.bounce": ("view",),
+        "api.apitoken": ("add", "view", "delete"),
     },
     OPERATOR: {
         "campaigns.campaign": ("view", "pause_campaign"),
         "campaigns.campaignitem": ("view",),
         "campaigns.batch": ("view",),
         "dispatchers.dispatcher": ("view", "pause_dispatcher"),
+        "dispatchers.senderdomain": ("view",),
         "jobs.jobrun": ("view", "run_job"),
         "jobs.notification": ("view", "change"),
         "bounces.bounce": ("view",),
+        "api.apitoken": ("add", "view", "delete"),
     },
 }
 

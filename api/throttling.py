@@ -6,8 +6,6 @@ from django.conf import settings
 from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
-DEFAULT_RATE = "600/minute"
-
 
 class TokenRateThrottle(SimpleRateThrottle):
     """HERALD_API_RATE requests per token; a user's tokens count apart, so
@@ -16,7 +14,7 @@ class TokenRateThrottle(SimpleRateThrottle):
     scope = "api_token"
 
     def get_rate(self) -> str:
-        return getattr(settings, "HERALD_API_RATE", DEFAULT_RATE)
+        return settings.HERALD_API_RATE
 
     def get_cache_key(self, request: Request, view: Any) -> str | None:
         if request.auth is None:

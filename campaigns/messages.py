@@ -107,15 +107,20 @@ def verp_token(address: str) -> str | None:
 
 
 def bounce_domain(dispatcher: Dispatcher) -> str:
-    return settings.HERALD_BOUNCE_DOMAIN or dispatcher.from_email.rpartition("@")[2]
+    """Where bounces come back: the sender domain's return-path domain, else
+    HERALD_BOUNCE_DOMAIN, else the domain of the sender address."""
+    domain = dispatcher.sender_domain
+    if domain is not None and domain.return_path_domain:
+        return domain.return_path_domain
+    return settings.HERALD_BOUNCE_DOMAIN or dispatcher.from_domain
 
 
-def _list_unsubscribe(url: object, token: str, dispatcher: Dispatcher) -> str:
+def _list_unsubscribe(url: object, token: str, return_domain: str) -> str:
     """RFC 2369/8058: the signed https link, and a mailto: address when the
     return-path domain's mail is read by a bounce mailbox (which honours it)."""
     links = [f"<{url}>"]
     if settings.HERALD_LIST_UNSUBSCRIBE_MAILTO:
-        address = tagged_address(tag=UNSUBSCRIBE_TAG, token=token, domain=bounce_domain(dispatcher))
+        address = tagged_address(tag=UNSUBSCRIBE_TAG, token=token, domain=return_domain)
         links.append(f"<mailto:{address}?subject=unsubscribe>")
     return ", ".join(links)
 
@@ -153,7 +158,11 @@ def message_build(
     contact: Contact,
     campaign: Campaign,
     dispatcher: Dispatcher,
+    return_domain: str | None = None,
 ) -> EmailMessage:
+    """One recipient's message. A batch passes ``return_domain`` (its
+    bounce_domain, looked up once) so no message pays for that lookup."""
+    return_domain = return_domain or bounce_domain(dispatcher)
     values = _context(contact, campaign, item.token)
     # Escaping is for HTML only: a subject or text part keeps "O'Brien".
     plain, markup = Context(values, autoescape=False), Context(values, autoescape=True)
@@ -170,7 +179,9 @@ def message_build(
         msg["Reply-To"] = _header(dispatcher.reply_to)
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = f"<{item.token}@{domain}>"
-    msg["List-Unsubscribe"] = _list_unsubscribe(values["unsubscribe_url"], item.token, dispatcher)
+    msg["List-Unsubscribe"] = _list_unsubscribe(
+        values["unsubscribe_url"], item.token, return_domain
+    )
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg["Feedback-ID"] = f"{campaign.pk}:campaign:herald"
     html = compiled.html.render(markup) if compiled.html is not None else None

@@ -19,6 +19,7 @@ from dispatchers.models import Dispatcher
 from dispatchers.pool import Completion, SendPool
 from dispatchers.ratelimit import rate_budget, rate_refund, rate_spend, rate_usage_prune
 from dispatchers.services import dispatcher_pause
+from dispatchers.signing import signer_for
 from dispatchers.transports import ConnectionLost, Outcome, SendResult, transport_for
 from jobs.services import job_runs_prune, notification_raise, notification_resolve
 
@@ -492,6 +493,7 @@ class _BatchRun:
         self.compiled: dict[int, CompiledTemplate] = {}
         self.sending: set[int] = set()
         self.suppressed: set[str] = set()
+        self.return_domain = bounce_domain(self.dispatcher)
         self.errors: dict[int, int] = {}  # campaign id -> errors since its last success
         self.succeeded: set[int] = set()
 
@@ -510,7 +512,9 @@ class _BatchRun:
             batch=self.batch, status=S.CLAIMED, sending_started_at__isnull=False
         ).update(possibly_duplicated=True)
         pool: SendPool[CampaignItem] = SendPool(
-            lambda: transport_for(self.dispatcher), self.dispatcher.connections
+            lambda: transport_for(self.dispatcher),
+            self.dispatcher.connections,
+            signer=signer_for(dispatcher=self.dispatcher),  # the DKIM key, once per batch
         )
         try:
             for count, item in enumerate(self.items()):
@@ -545,13 +549,14 @@ class _BatchRun:
                 contact=item.contact,
                 campaign=campaign,
                 dispatcher=self.dispatcher,
+                return_domain=self.return_domain,
             )
         except MessageBuildError as exc:
             _item_fail(item, str(exc), timezone.now())
             self.settled += 1
             return
         CampaignItem.objects.filter(pk=item.pk).update(sending_started_at=timezone.now())
-        sender = verp_address(token=item.token, domain=bounce_domain(self.dispatcher))
+        sender = verp_address(token=item.token, domain=self.return_domain)
         pool.submit(item, message, sender=sender, recipient=item.contact.email)
 
     def _collect(self, outcomes: Iterator[Completion[CampaignItem]]) -> None:

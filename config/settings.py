@@ -25,11 +25,15 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "smtpservers",
     "dispatchers",
     "campaigns",
     "bounces",
     "jobs",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -120,9 +124,67 @@ HERALD_CAMPAIGN_MAX_CONSECUTIVE_ERRORS = env.int(
 # Where bounces come back: the domain of the VERP return path. Empty means
 # the domain of each dispatcher's sender address.
 HERALD_BOUNCE_DOMAIN = env.str("HERALD_BOUNCE_DOMAIN", default="")
+# OAuth 2.0 providers of SMTP servers (changed only to test against fakes).
+HERALD_MICROSOFT_AUTHORITY_HOST = env.str(
+    "HERALD_MICROSOFT_AUTHORITY_HOST", default="https://login.microsoftonline.com"
+)
+HERALD_GOOGLE_AUTH_URL = env.str(
+    "HERALD_GOOGLE_AUTH_URL", default="https://accounts.google.com/o/oauth2/v2/auth"
+)
+HERALD_GOOGLE_TOKEN_URL = env.str(
+    "HERALD_GOOGLE_TOKEN_URL", default="https://oauth2.googleapis.com/token"
+)
+# DNS servers for the SPF/DKIM/DMARC checks of sender domains (IP addresses);
+# empty: the system resolver.
+HERALD_DNS_NAMESERVERS = env.list("HERALD_DNS_NAMESERVERS", default=[])
+HERALD_DNS_PORT = env.int("HERALD_DNS_PORT", default=53)
+# Send nothing from a dispatcher whose sender domain is not verified.
+HERALD_REQUIRE_VERIFIED_DOMAINS = env.bool("HERALD_REQUIRE_VERIFIED_DOMAINS", default=False)
 # Also offer List-Unsubscribe by mail (unsubscribe+<token>@<bounce domain>).
 # Turn on only when that domain's mail reaches a bounce mailbox Herald reads.
 HERALD_LIST_UNSUBSCRIBE_MAILTO = env.bool("HERALD_LIST_UNSUBSCRIBE_MAILTO", default=False)
+
+# Shared by every web process (the API's per-token rate limit counts in it):
+# Redis when there is one, this process's memory otherwise (make run).
+_CACHE_URL = env.str("CACHE_URL", default=env.str("REDIS_URL", default=""))
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _CACHE_URL}
+        if _CACHE_URL.startswith("redis")
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
+# --- REST API ---------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["api.authentication.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.AdminPermissions"],
+    "DEFAULT_THROTTLE_CLASSES": ["api.throttling.TokenRateThrottle"],
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.IdCursorPagination",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "api.exceptions.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Herald API",
+    "DESCRIPTION": "Contacts, lists, templates, campaigns, dispatchers and jobs. "
+    "Authenticate with `Authorization: Bearer <token>` (tokens are made in the admin).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "api.schema.error_responses",
+    ],
+}
+# Requests per API token (DRF rate syntax: N/second, N/minute, N/hour).
+HERALD_API_RATE = env.str("HERALD_API_RATE", default="600/minute")
 
 # --- Celery -----------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=env.str("REDIS_URL", default=""))

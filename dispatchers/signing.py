@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.policy import SMTP
 
 import dkim
 
@@ -18,6 +17,7 @@ from smtpservers.encryption import reveal
 
 from .models import Dispatcher, SenderDomain
 from .transports import ConnectionLost
+from .transports.base import WIRE_POLICY
 
 SIGNED_HEADERS = (
     "From",
@@ -47,7 +47,7 @@ class Signer:
         headers = [name.encode() for name in SIGNED_HEADERS if name in message]
         try:
             signature = dkim.sign(
-                message.as_bytes(policy=SMTP),
+                message.as_bytes(policy=WIRE_POLICY),
                 self.selector.encode(),
                 self.domain.encode(),
                 self.private_key,

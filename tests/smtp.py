@@ -33,6 +33,7 @@ class Received:
     sender: str
     recipients: list[str]
     message: EmailMessage
+    raw: bytes = b""  # as it came over the wire
 
 
 @dataclass
@@ -62,7 +63,9 @@ class SinkHandler:
         with self.lock:
             self.counter += 1
             queue_id = f"Q{self.counter:06d}"
-            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), message))
+            self.received.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), message, envelope.content)
+            )
             self.sessions[session.peer] += 1
         return f"250 2.0.0 Ok: queued as {queue_id}"
 

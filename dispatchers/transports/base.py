@@ -10,10 +10,18 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from email.message import EmailMessage
+from email.policy import SMTP
 from typing import TYPE_CHECKING, Self
 
 if TYPE_CHECKING:
     from dispatchers.models import Dispatcher
+
+
+# How messages go on the wire (and are DKIM-signed): CRLF line ends, and no
+# refolding of long header values. With the default 78-column limit the
+# email package turns a long List-Unsubscribe URL into RFC 2047 encoded
+# words, which mailbox providers cannot use; RFC 5322 allows 998.
+WIRE_POLICY = SMTP.clone(max_line_length=998)
 
 
 class Outcome(enum.Enum):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import tempfile
 from email.message import EmailMessage
-from email.policy import SMTP
 from pathlib import Path
 
-from .base import ConnectionLost, Outcome, SendResult, Transport
+from .base import WIRE_POLICY, ConnectionLost, Outcome, SendResult, Transport
 
 
 class PickupTransport(Transport):
@@ -28,7 +27,7 @@ class PickupTransport(Transport):
             # sees half a message, and a rerun overwrites instead of doubling.
             fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
             with os.fdopen(fd, "wb") as fh:
-                fh.write(message.as_bytes(policy=SMTP))
+                fh.write(message.as_bytes(policy=WIRE_POLICY))
             os.replace(tmp, self.directory / name)
         except OSError as exc:
             raise ConnectionLost(f"Cannot write to outbox {self.directory}: {exc}") from exc

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
 from typing import TYPE_CHECKING
 
 import aiosmtplib
@@ -20,7 +19,7 @@ import aiosmtplib
 from smtpservers.client import SessionError, session_open
 from smtpservers.services import connection_status_record_from_send
 
-from .base import ConnectionLost, Outcome, SendResult, Transport
+from .base import WIRE_POLICY, ConnectionLost, Outcome, SendResult, Transport
 
 if TYPE_CHECKING:
     from smtpservers.models import SmtpServer
@@ -74,7 +73,7 @@ class SmtpTransport(Transport):
 
     def send(self, message: EmailMessage, *, sender: str, recipient: str) -> SendResult:
         assert self._client is not None, "open() first"
-        data = message.as_bytes(policy=SMTP_POLICY)
+        data = message.as_bytes(policy=WIRE_POLICY)
         try:
             errors, reply = self._run(self._client.sendmail(sender, [recipient], data))
         except aiosmtplib.SMTPRecipientsRefused as exc:

@@ -439,6 +439,9 @@ MARKETER_PERMISSIONS = {
     ("campaigns", "pause_campaign"),
     ("campaigns", "view_campaignitem"),
     ("bounces", "view_bounce"),
+    ("api", "add_apitoken"),
+    ("api", "view_apitoken"),
+    ("api", "delete_apitoken"),
 }
 
 OPERATOR_PERMISSIONS = {
@@ -448,11 +451,15 @@ OPERATOR_PERMISSIONS = {
     ("campaigns", "view_batch"),
     ("dispatchers", "view_dispatcher"),
     ("dispatchers", "pause_dispatcher"),
+    ("dispatchers", "view_senderdomain"),
     ("jobs", "view_jobrun"),
     ("jobs", "run_job"),
     ("jobs", "view_notification"),
     ("jobs", "change_notification"),
     ("bounces", "view_bounce"),
+    ("api", "add_apitoken"),
+    ("api", "view_apitoken"),
+    ("api", "delete_apitoken"),
 }
 
 
@@ -471,7 +478,7 @@ def test_the_three_roles_exist() -> None:
 
 
 def test_marketer_permissions_are_exactly() -> None:
-    assert len(MARKETER_PERMISSIONS) == 27
+    assert len(MARKETER_PERMISSIONS) == 30
     assert permissions_of(MARKETER) == MARKETER_PERMISSIONS
 
 

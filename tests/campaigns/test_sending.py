@@ -224,3 +224,18 @@ def test_list_unsubscribe_offers_a_signed_mailto_address_when_mail_is_read(setti
     assert tagged_token(tag=UNSUBSCRIBE_TAG, address=address) == (
         CampaignItem.objects.get(campaign=campaign).token
     )
+
+
+def test_list_unsubscribe_travels_as_plain_urls_not_encoded_words(settings):
+    settings.HERALD_PUBLIC_URL = "https://mail.example.com/a-long-prefix-to-push-past-78-columns"
+    settings.HERALD_LIST_UNSUBSCRIBE_MAILTO = True
+    with SmtpSink() as sink:
+        dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
+        start(1, dispatcher)
+        send_everything(dispatcher)
+
+    raw = sink.received[0].raw.decode()
+    header = next(line for line in raw.split("\r\n") if line.startswith("List-Unsubscribe:"))
+    assert header.startswith("List-Unsubscribe: <https://mail.example.com/a-long-prefix")
+    assert "=?" not in header and ", <mailto:unsubscribe+" in header
+    assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in raw
