@@ -20,6 +20,7 @@ from dispatchers.models import Dispatcher, SenderDomain
 from dispatchers.pool import SendPool
 from dispatchers.signing import SIGNED_HEADERS, signer_for
 from dispatchers.transports.smtp import SmtpTransport
+from smtpservers.models import SmtpServer
 from tests.smtp import SinkHandler
 
 from .conftest import DOMAIN, publish_correct
@@ -158,3 +159,25 @@ def test_the_signer_never_shows_its_key(verified: SenderDomain, dispatcher: Disp
     signer = signer_for(dispatcher=dispatcher)
 
     assert "PRIVATE" not in repr(signer) and "PRIVATE" not in str(signer)
+
+
+def test_a_campaign_leaves_signed_and_aligned_through_the_whole_pipeline(
+    verified: SenderDomain, dispatcher: Dispatcher, sink: tuple[int, RawHandler]
+) -> None:
+    from campaigns import services
+    from campaigns.models import Campaign
+    from tests.helpers import make_audience, make_campaign
+
+    port, handler = sink
+    SmtpServer.objects.filter(pk=dispatcher.smtp_server_id).update(port=port)
+    make_campaign(dispatcher=dispatcher, lists=[make_audience(3)], status=Campaign.Status.SCHEDULED)
+    services.items_generate()
+    services.batch_send(batch_id=services.batch_claim(dispatcher_id=dispatcher.pk).pk)
+
+    assert len(handler.raw) == 3
+    for raw in handler.raw:
+        assert dkim.verify(raw, dnsfunc=dkim_dnsfunc) is True
+        signature = tags(raw)
+        assert signature["d"] == DOMAIN  # aligned with From: news@example.org
+        assert "list-unsubscribe" in signature["h"].lower()
+    assert all(r.sender.endswith(f"@{DOMAIN}") for r in handler.received)  # return path too
