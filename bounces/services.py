@@ -21,12 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from campaigns.messages import UNSUBSCRIBE_TAG, tagged_token, verp_token
 from campaigns.models import CampaignItem, Contact, Suppression
 from campaigns.services import contact_unsubscribe, suppression_add
+from jobs.locks import BOUNCE_MAILBOXES, advisory_lock
 from jobs.services import notification_raise, notification_resolve
 from smtpservers.encryption import Secret
 
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 # Messages read from one mailbox per run; the rest wait for the next run,
 # so one flooded mailbox cannot hold the job for hours.
 MAX_MESSAGES_PER_RUN = 500
-_LOCK_SPACE = 4243  # advisory-lock namespace of bounce mailboxes
 
 
 class MailboxError(Exception):
@@ -166,19 +166,6 @@ def bounces_process() -> int:
     return recorded
 
 
-@contextmanager
-def _mailbox_lock(mailbox_id: int) -> Iterator[bool]:
-    with connection.cursor() as cur:
-        cur.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_SPACE, mailbox_id])
-        got = bool(cur.fetchone()[0])
-    try:
-        yield got
-    finally:
-        if got:
-            with connection.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s, %s)", [_LOCK_SPACE, mailbox_id])
-
-
 def _listing(client: poplib.POP3) -> list[tuple[int, str | None]]:
     """(message number, UIDL) of each waiting message; UIDL is optional in
     RFC 1939, so without it the id is a digest of the message."""
@@ -195,7 +182,7 @@ def _listing(client: poplib.POP3) -> list[tuple[int, str | None]]:
 
 
 def mailbox_process(*, mailbox: BounceMailbox) -> int:
-    with _mailbox_lock(mailbox.pk) as got:
+    with advisory_lock(space=BOUNCE_MAILBOXES, key=mailbox.pk) as got:
         if not got:
             return 0  # another run is reading this mailbox right now
         try:

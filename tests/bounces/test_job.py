@@ -17,6 +17,7 @@ from bounces.models import Bounce, BounceMailbox, BounceRule, Kind
 from bounces.parsing import message_parse
 from campaigns import services as pipeline
 from campaigns.models import Campaign, CampaignItem, Contact, Suppression
+from jobs.locks import BOUNCE_MAILBOXES
 from jobs.models import Job, JobRun, Notification
 from tests.helpers import make_audience, make_campaign, make_dispatcher, make_smtp_server
 from tests.smtp import Received, SmtpSink
@@ -261,7 +262,7 @@ def test_a_second_run_at_the_same_time_leaves_the_mailbox_alone(
 ) -> None:
     maildrop.add(dsn(sent["user0@example.org"]))
     with psycopg.connect(**connection.get_connection_params()) as other:
-        other.execute("SELECT pg_advisory_lock(%s, %s)", [services._LOCK_SPACE, mailbox.pk])
+        other.execute("SELECT pg_advisory_lock(%s, %s)", [BOUNCE_MAILBOXES, mailbox.pk])
         assert services.bounces_process() == 0
     assert pop3.log == []  # it did not even log in
     assert services.bounces_process() == 1
