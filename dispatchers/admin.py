@@ -1,5 +1,6 @@
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -18,8 +19,58 @@ from .models import Dispatcher, SenderDomain
 from .services import dispatcher_pause, dispatcher_resume
 
 
+class DispatcherForm(forms.ModelForm):
+    """A dispatcher added on a server that already has one relays through
+    that server's SMTP server unless another is chosen: one computer,
+    one mail service, as administrators expect."""
+
+    class Meta:
+        model = Dispatcher
+        # What clean() reads; the admin passes the full list from its fieldsets.
+        fields = ("server_name", "type", "delivery_mode", "smtp_server", "pacing")
+
+    # The SMTP server taken from the server's dispatcher, for the message.
+    smtp_server_from: Dispatcher | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Pacing came after the first dispatchers: a post that leaves it out
+        # (a form saved before it existed, a script) keeps the current pacing.
+        if "pacing" in self.fields:
+            self.fields["pacing"].required = False
+
+    def clean_pacing(self) -> str:
+        return self.cleaned_data.get("pacing") or self.instance.pacing
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if (
+            self.instance.pk is None
+            and not cleaned.get("smtp_server")
+            and cleaned.get("server_name")
+            and cleaned.get("type") == Dispatcher.Type.EMAIL
+            and cleaned.get("delivery_mode") == Dispatcher.DeliveryMode.SMTP
+        ):
+            # Queues are lower-cased, so MAILER1 and mailer1 are one computer.
+            neighbour = (
+                Dispatcher.objects.filter(
+                    server_name__iexact=cleaned["server_name"],
+                    delivery_mode=Dispatcher.DeliveryMode.SMTP,
+                    smtp_server__isnull=False,
+                )
+                .select_related("smtp_server")
+                .order_by("-created_at", "-pk")
+                .first()
+            )
+            if neighbour is not None:
+                cleaned["smtp_server"] = neighbour.smtp_server
+                self.smtp_server_from = neighbour
+        return cleaned
+
+
 @admin.register(Dispatcher)
 class DispatcherAdmin(admin.ModelAdmin):
+    form = DispatcherForm
     list_display = ("name", "type", "server_name", "messages_per_hour", "connections", "state")
     list_select_related = ("smtp_server",)
     list_filter = ("type", "delivery_mode", "is_enabled")
@@ -46,6 +97,7 @@ class DispatcherAdmin(admin.ModelAdmin):
                 "fields": (
                     "messages_per_hour",
                     "batch_size",
+                    "pacing",
                     "connections",
                     "delivery_mode",
                     "smtp_server",
@@ -137,6 +189,17 @@ class DispatcherAdmin(admin.ModelAdmin):
         if not obj.pk:
             return "Shown once the dispatcher is saved."
         return f"celery -A config worker -Q {obj.queue} --hostname {obj.server_name}@%h"
+
+    def save_model(self, request: HttpRequest, obj: Dispatcher, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        neighbour = getattr(form, "smtp_server_from", None)
+        if neighbour is not None:
+            self.message_user(
+                request,
+                f"Relays through SMTP server “{obj.smtp_server}”, the mail service of "
+                f"dispatcher “{neighbour}” on server {obj.server_name}.",
+                messages.INFO,
+            )
 
     def has_pause_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("dispatchers.pause_dispatcher")

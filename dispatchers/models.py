@@ -56,6 +56,10 @@ class Dispatcher(models.Model):
         SMTP = "smtp", "SMTP relay"
         PICKUP = "pickup", "Local outbox (save as .eml files)"
 
+    class Pacing(models.TextChoices):
+        SPREAD = "spread", "Spread over the hour"
+        FAST = "fast", "As fast as allowed"
+
     name = models.CharField("dispatcher name", max_length=100, unique=True)
     server_name = models.CharField(
         "dispatcher server name",
@@ -74,6 +78,14 @@ class Dispatcher(models.Model):
     )
     batch_size = models.PositiveIntegerField(
         "volume of mails per batch", default=100, validators=[MinValueValidator(1)]
+    )
+    pacing = models.CharField(
+        max_length=10,
+        choices=Pacing.choices,
+        default=Pacing.SPREAD,
+        help_text="Spread over the hour: in any stretch of minutes at most that stretch's "
+        "share of the hourly limit (600 per hour: 10 a minute, 50 in 5 minutes). "
+        "As fast as allowed: the whole hourly limit at once, then wait.",
     )
     connections = models.PositiveSmallIntegerField(
         "parallel connections",

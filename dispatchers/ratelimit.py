@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.db.models import F, Sum, Value
+from django.db.models import F, Value
 from django.db.models.functions import Greatest
 
 from .models import Dispatcher, RateUsage
@@ -23,14 +23,36 @@ def _minute(moment: datetime) -> datetime:
 
 
 def rate_budget(*, dispatcher: Dispatcher, now: datetime) -> int:
-    """Messages the dispatcher may still reserve in the window ending now."""
-    used = (
-        RateUsage.objects.filter(dispatcher=dispatcher, minute__gt=_minute(now) - WINDOW).aggregate(
-            total=Sum("count")
-        )["total"]
-        or 0
+    """Messages the dispatcher may still reserve in the window ending now.
+
+    The hourly limit is exact: the last 60 minutes never hold more than
+    ``messages_per_hour``. Spreading pacing also caps every shorter
+    stretch: the last d minutes (d = 1..60) hold at most
+    ceil(messages_per_hour * d / 60), so 600 an hour is 10 a minute and
+    12 an hour is one every 5 minutes. There is no burst of a whole
+    batch: a burst would spend a small limit in its first minutes, which
+    is what spreading is for not doing."""
+    current = _minute(now)
+    spent = dict(
+        RateUsage.objects.filter(dispatcher=dispatcher, minute__gt=current - WINDOW).values_list(
+            "minute", "count"
+        )
     )
-    return max(dispatcher.messages_per_hour - used, 0)
+    budget = dispatcher.messages_per_hour - sum(spent.values())
+    if dispatcher.pacing == Dispatcher.Pacing.SPREAD:
+        budget = min(budget, _spread_budget(dispatcher.messages_per_hour, spent, current))
+    return max(budget, 0)
+
+
+def _spread_budget(per_hour: int, spent: dict[datetime, int], current: datetime) -> int:
+    minutes = WINDOW // timedelta(minutes=1)
+    used = 0
+    budget = per_hour
+    for back in range(minutes):
+        used += spent.get(current - timedelta(minutes=back), 0)
+        share = -(-per_hour * (back + 1) // minutes)  # ceiling, in integers
+        budget = min(budget, share - used)
+    return budget
 
 
 def rate_spend(*, dispatcher: Dispatcher, count: int, now: datetime) -> None:

@@ -1,0 +1,132 @@
+"""Pacing: a spreading dispatcher spends its hourly limit across the hour,
+never more than its share of any stretch of minutes, and the hourly limit
+stays exact whatever the pacing."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from django.utils import timezone
+
+from campaigns import services
+from campaigns.models import Batch, Campaign, CampaignItem
+from dispatchers.models import Dispatcher, RateUsage
+from tests.helpers import make_audience, make_campaign, make_dispatcher
+
+pytestmark = pytest.mark.django_db
+S = CampaignItem.Status
+SPREAD = Dispatcher.Pacing.SPREAD
+FAST = Dispatcher.Pacing.FAST
+
+
+def pickup_dispatcher(**extra: object) -> Dispatcher:
+    return make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused", **extra)
+
+
+def backlog(count: int, dispatcher: Dispatcher) -> Campaign:
+    campaign = make_campaign(
+        dispatcher=dispatcher, lists=[make_audience(count)], status=Campaign.Status.SCHEDULED
+    )
+    services.items_generate()
+    return campaign
+
+
+def claim_all(dispatcher: Dispatcher, *, now: datetime) -> list[int]:
+    """Claim until the dispatcher gets nothing more at this moment, closing
+    each batch so the open-batch cap does not stop the claiming."""
+    sizes = []
+    while (batch := services.batch_claim(dispatcher_id=dispatcher.pk, now=now)) is not None:
+        sizes.append(batch.size)
+        Batch.objects.filter(pk=batch.pk).update(finished_at=now)
+    return sizes
+
+
+@pytest.fixture
+def start() -> datetime:
+    return timezone.now().replace(second=0, microsecond=0)
+
+
+def test_spreading_600_an_hour_claims_10_a_minute(start: datetime) -> None:
+    dispatcher = pickup_dispatcher(messages_per_hour=600, batch_size=50, pacing=SPREAD)
+    backlog(40, dispatcher)
+
+    assert claim_all(dispatcher, now=start + timedelta(seconds=5)) == [10]
+    assert claim_all(dispatcher, now=start + timedelta(seconds=50)) == []
+    assert claim_all(dispatcher, now=start + timedelta(minutes=1, seconds=5)) == [10]
+    assert claim_all(dispatcher, now=start + timedelta(minutes=1, seconds=55)) == []
+    assert claim_all(dispatcher, now=start + timedelta(minutes=2)) == [10]
+
+
+def test_a_minute_skipped_is_not_made_up_in_one_burst(start: datetime) -> None:
+    # Nothing was due for ten minutes: the next minute still takes one
+    # minute's share, not the ten minutes' worth at once.
+    dispatcher = pickup_dispatcher(messages_per_hour=600, batch_size=50, pacing=SPREAD)
+    backlog(40, dispatcher)
+
+    assert claim_all(dispatcher, now=start + timedelta(minutes=10)) == [10]
+
+
+def test_spreading_never_exceeds_the_limit_in_any_rolling_hour_and_uses_it(
+    start: datetime,
+) -> None:
+    dispatcher = pickup_dispatcher(messages_per_hour=600, batch_size=50, pacing=SPREAD)
+    backlog(1300, dispatcher)
+
+    per_minute = []
+    for minute in range(125):
+        # Three runs of process-messages a minute, as beat may well do.
+        claimed = 0
+        for second in (0, 20, 40):
+            now = start + timedelta(minutes=minute, seconds=second)
+            claimed += sum(claim_all(dispatcher, now=now))
+        per_minute.append(claimed)
+
+    assert max(per_minute) == 10
+    hours = [sum(per_minute[m : m + 60]) for m in range(len(per_minute) - 59)]
+    assert max(hours) == 600
+    # With a backlog, every hour uses the whole limit (the issue asks for 95%).
+    assert min(hours) == 600
+    assert sum(per_minute) == 1250
+
+
+def test_a_small_limit_is_spread_one_message_at_a_time(start: datetime) -> None:
+    # 12 an hour is one every 5 minutes, not 12 in the first 12 minutes.
+    dispatcher = pickup_dispatcher(messages_per_hour=12, batch_size=5, pacing=SPREAD)
+    backlog(30, dispatcher)
+
+    claimed_at = [
+        minute
+        for minute in range(60)
+        if claim_all(dispatcher, now=start + timedelta(minutes=minute)) == [1]
+    ]
+
+    assert claimed_at == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55]
+
+
+def test_spreading_keeps_the_hourly_limit_after_a_fast_hour(start: datetime) -> None:
+    dispatcher = pickup_dispatcher(messages_per_hour=120, batch_size=50, pacing=FAST)
+    backlog(300, dispatcher)
+    assert claim_all(dispatcher, now=start) == [50, 50, 20]
+
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(pacing=SPREAD)
+
+    for minute in range(1, 60):
+        assert claim_all(dispatcher, now=start + timedelta(minutes=minute)) == []
+    assert claim_all(dispatcher, now=start + timedelta(minutes=60)) == [2]
+
+
+def test_as_fast_as_allowed_claims_the_hourly_limit_at_once(start: datetime) -> None:
+    dispatcher = pickup_dispatcher(messages_per_hour=600, batch_size=50, pacing=FAST)
+    campaign = backlog(700, dispatcher)
+
+    assert claim_all(dispatcher, now=start) == [50] * 12
+    assert claim_all(dispatcher, now=start + timedelta(minutes=59)) == []
+    assert CampaignItem.objects.filter(campaign=campaign, status=S.CLAIMED).count() == 600
+    assert sum(RateUsage.objects.values_list("count", flat=True)) == 600
+
+
+def test_new_dispatchers_spread_by_default() -> None:
+    dispatcher = Dispatcher(name="New", server_name="mailer1")
+
+    assert dispatcher.pacing == SPREAD
