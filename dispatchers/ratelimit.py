@@ -30,8 +30,8 @@ def rate_budget(*, dispatcher: Dispatcher, now: datetime) -> int:
     stretch: the last d minutes (d = 1..60) hold at most
     ceil(messages_per_hour * d / 60), so 600 an hour is 10 a minute and
     12 an hour is one every 5 minutes. There is no burst of a whole
-    batch: a burst would spend a small limit in its first minutes, which
-    is what spreading is for not doing."""
+    batch: it would spend a small limit in its first minutes, the very
+    thing spreading prevents."""
     current = _minute(now)
     spent = dict(
         RateUsage.objects.filter(dispatcher=dispatcher, minute__gt=current - WINDOW).values_list(
