@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -21,6 +20,7 @@ from dispatchers.ratelimit import rate_budget, rate_refund, rate_spend, rate_usa
 from dispatchers.services import dispatcher_pause
 from dispatchers.signing import signer_for
 from dispatchers.transports import ConnectionLost, Outcome, SendResult, transport_for
+from jobs.locks import BATCHES, advisory_lock
 from jobs.services import job_runs_prune, notification_raise, notification_resolve
 
 from .messages import (
@@ -307,27 +307,6 @@ def messages_process(*, now: datetime | None = None) -> int:
 # --- leases and dead workers ------------------------------------------------
 
 
-@contextmanager
-def _batch_lock(batch_id: int) -> Iterator[bool]:
-    """A session-level advisory lock held while a batch is being sent.
-
-    PostgreSQL drops it the instant the holder's connection dies, so "can
-    I take the lock?" answers "is the worker that started this alive?"
-    without waiting for the lease to run out."""
-    with connection.cursor() as cur:
-        cur.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_SPACE, batch_id])
-        got = cur.fetchone()[0]
-    try:
-        yield got
-    finally:
-        if got:
-            with connection.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s, %s)", [_LOCK_SPACE, batch_id])
-
-
-_LOCK_SPACE = 4242  # advisory-lock namespace of batches
-
-
 def batch_release(*, batch: Batch, now: datetime) -> int:
     """Put a batch's unfinished items back to pending and close the batch.
 
@@ -355,7 +334,7 @@ def batches_reclaim(*, now: datetime) -> int:
     for batch in Batch.objects.filter(finished_at__isnull=True).order_by("pk"):
         if batch.started_at is None and batch.lease_expires_at > now:
             continue  # still waiting in the queue
-        with _batch_lock(batch.pk) as free:
+        with advisory_lock(space=BATCHES, key=batch.pk) as free:
             if free:
                 batch.refresh_from_db()
                 if batch.finished_at is None:
@@ -457,7 +436,7 @@ def _synchronous_commit(on: bool) -> None:
 
 def batch_send(*, batch_id: int) -> int:
     """The outbound job for one batch. Returns how many items it settled."""
-    with _batch_lock(batch_id) as mine:
+    with advisory_lock(space=BATCHES, key=batch_id) as mine:
         if not mine:
             return 0  # another worker is sending this batch right now
         batch = Batch.objects.select_related("dispatcher__smtp_server").get(pk=batch_id)

@@ -32,16 +32,6 @@ class DispatcherForm(forms.ModelForm):
     # The SMTP server taken from the server's dispatcher, for the message.
     smtp_server_from: Dispatcher | None = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Pacing came after the first dispatchers: a post that leaves it out
-        # (a form saved before it existed, a script) keeps the current pacing.
-        if "pacing" in self.fields:
-            self.fields["pacing"].required = False
-
-    def clean_pacing(self) -> str:
-        return self.cleaned_data.get("pacing") or self.instance.pacing
-
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         if (

@@ -287,6 +287,7 @@ def dispatcher_form(cast: Cast, name: str) -> dict[str, Any]:
         "messages_per_hour": "3600",
         "batch_size": "100",
         "connections": "1",
+        "pacing": "spread",
         "delivery_mode": "pickup",
         "smtp_server": "",
         "pickup_directory": "/tmp/x",

@@ -12,6 +12,7 @@ from django.utils import timezone
 from campaigns import services
 from campaigns.models import Batch, Campaign, CampaignItem, Contact, Suppression
 from dispatchers.models import RateUsage
+from jobs.locks import BATCHES
 from tests.helpers import (
     make_audience,
     make_campaign,
@@ -311,7 +312,7 @@ def _other_session_holding(batch_id: int) -> psycopg.Connection:
     params = connection.get_connection_params()
     params.pop("cursor_factory", None)
     other = psycopg.connect(**params, autocommit=True)
-    other.execute("SELECT pg_advisory_lock(%s, %s)", [services._LOCK_SPACE, batch_id])
+    other.execute("SELECT pg_advisory_lock(%s, %s)", [BATCHES, batch_id])
     return other
 
 

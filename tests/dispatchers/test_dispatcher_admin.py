@@ -98,20 +98,3 @@ def test_pacing_is_chosen_in_the_form_and_an_unknown_one_refused(
         refused.content.decode()
     )
     assert not Dispatcher.objects.filter(name="Other").exists()
-
-
-def test_a_post_without_pacing_keeps_the_current_pacing(
-    administrator_client: Client, dispatcher: Dispatcher
-) -> None:
-    Dispatcher.objects.filter(pk=dispatcher.pk).update(pacing=Dispatcher.Pacing.FAST)
-    data = add_form(name="Newsletter", smtp_server=str(dispatcher.smtp_server_id))
-    del data["pacing"]
-
-    response = administrator_client.post(
-        reverse("admin:dispatchers_dispatcher_change", args=[dispatcher.pk]), data
-    )
-
-    assert response.status_code == 302
-    dispatcher.refresh_from_db()
-    assert dispatcher.pacing == Dispatcher.Pacing.FAST
-    assert dispatcher.messages_per_hour == 600
