@@ -15,9 +15,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from campaigns.imports import RowRejected, _contacts_write, contact_row_clean
-from campaigns.messages import message_build, template_compile
-from campaigns.models import Campaign, CampaignItem, Contact, ContactList, Subscription, Template
-from dispatchers.models import Dispatcher
+from campaigns.models import Contact, ContactList, Subscription
 
 from .models import ApiToken
 
@@ -158,55 +156,3 @@ def contact_subscribe(
 
 def contact_lists_leave(*, contact: Contact, lists: Iterable[ContactList]) -> int:
     return Subscription.objects.filter(contact=contact, contact_list__in=list(lists)).delete()[0]
-
-
-# --- campaigns ---------------------------------------------------------------
-
-
-def campaign_duplicate(*, campaign: Campaign, user: AbstractBaseUser) -> Campaign:
-    """A draft with the same name (marked as a copy), template, dispatcher
-    and lists; nothing of the original's sending comes along."""
-    with transaction.atomic():
-        copy = Campaign.objects.create(
-            name=f"{campaign.name} (copy)"[:200],
-            kind=campaign.kind,
-            autoresponder_delay=campaign.autoresponder_delay,
-            template=campaign.template,
-            dispatcher=campaign.dispatcher,
-            created_by=user,
-        )
-        copy.lists.set(campaign.lists.all())
-    return copy
-
-
-# --- templates ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Preview:
-    subject: str
-    text: str
-    html: str | None
-
-
-def template_preview(*, template: Template, contact: Contact) -> Preview:
-    """The message as the pipeline would build it for this contact, from
-    an unsaved campaign: nothing is stored, and the unsubscribe link in it
-    leads nowhere."""
-    campaign = Campaign(name=template.name, template=template)
-    dispatcher = Dispatcher(from_email="preview@herald.invalid", from_name="Herald preview")
-    item = CampaignItem(campaign=campaign, contact=contact, token="preview")
-    message = message_build(
-        compiled=template_compile(template=template),
-        item=item,
-        contact=contact,
-        campaign=campaign,
-        dispatcher=dispatcher,
-    )
-    text_part = message.get_body(preferencelist=("plain",))
-    html_part = message.get_body(preferencelist=("html",))
-    return Preview(
-        subject=str(message["Subject"]),
-        text=text_part.get_content() if text_part is not None else "",
-        html=html_part.get_content() if html_part is not None else None,
-    )

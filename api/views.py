@@ -15,9 +15,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from campaigns import services as campaign_services
-from campaigns.messages import MessageBuildError
+from campaigns.messages import MessageBuildError, template_preview
 from campaigns.models import Campaign, CampaignItem, Contact, ContactList, Suppression, Template
 from campaigns.selectors import campaign_counts, campaign_progress
+from campaigns.services import campaign_duplicate
 from dispatchers.models import Dispatcher
 from jobs import services as job_services
 from jobs.models import ON_DEMAND_ONLY, Job, JobRun
@@ -25,11 +26,9 @@ from jobs.models import ON_DEMAND_ONLY, Job, JobRun
 from . import serializers as s
 from .exceptions import Conflict, Unavailable
 from .services import (
-    campaign_duplicate,
     contact_lists_leave,
     contact_subscribe,
     contacts_upsert,
-    template_preview,
 )
 
 

@@ -190,3 +190,33 @@ def message_build(
     if html is not None:
         msg.add_alternative(html, subtype="html")
     return msg
+
+
+@dataclass(frozen=True)
+class Preview:
+    subject: str
+    text: str
+    html: str | None
+
+
+def template_preview(*, template: Template, contact: Contact) -> Preview:
+    """The message as the pipeline would build it for this contact, from
+    an unsaved campaign: nothing is stored, and the unsubscribe link in it
+    leads nowhere."""
+    campaign = Campaign(name=template.name, template=template)
+    dispatcher = Dispatcher(from_email="preview@herald.invalid", from_name="Herald preview")
+    item = CampaignItem(campaign=campaign, contact=contact, token="preview")
+    message = message_build(
+        compiled=template_compile(template=template),
+        item=item,
+        contact=contact,
+        campaign=campaign,
+        dispatcher=dispatcher,
+    )
+    text_part = message.get_body(preferencelist=("plain",))
+    html_part = message.get_body(preferencelist=("html",))
+    return Preview(
+        subject=str(message["Subject"]),
+        text=text_part.get_content() if text_part is not None else "",
+        html=html_part.get_content() if html_part is not None else None,
+    )

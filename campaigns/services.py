@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
@@ -89,6 +90,22 @@ def campaign_resume(*, campaign: Campaign) -> bool:
     if resumed:
         notification_resolve(key=f"campaign:{campaign.pk}:paused")
     return resumed == 1
+
+
+def campaign_duplicate(*, campaign: Campaign, user: AbstractBaseUser) -> Campaign:
+    """A draft with the same name (marked as a copy), template, dispatcher
+    and lists; nothing of the original's sending comes along."""
+    with transaction.atomic():
+        copy = Campaign.objects.create(
+            name=f"{campaign.name} (copy)"[:200],
+            kind=campaign.kind,
+            autoresponder_delay=campaign.autoresponder_delay,
+            template=campaign.template,
+            dispatcher=campaign.dispatcher,
+            created_by=user,
+        )
+        copy.lists.set(campaign.lists.all())
+    return copy
 
 
 # --- generate items ----------------------------------------------------------
