@@ -7,7 +7,7 @@ import tempfile
 from email.message import EmailMessage
 from pathlib import Path
 
-from .base import WIRE_POLICY, ConnectionLost, Outcome, SendResult, Transport
+from .base import ConnectionLost, Outcome, SendResult, Transport, message_bytes
 
 
 class PickupTransport(Transport):
@@ -27,7 +27,7 @@ class PickupTransport(Transport):
             # sees half a message, and a rerun overwrites instead of doubling.
             fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
             with os.fdopen(fd, "wb") as fh:
-                fh.write(message.as_bytes(policy=WIRE_POLICY))
+                fh.write(message_bytes(message))
             os.replace(tmp, self.directory / name)
         except OSError as exc:
             raise ConnectionLost(f"Cannot write to outbox {self.directory}: {exc}") from exc

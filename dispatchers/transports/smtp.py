@@ -19,7 +19,7 @@ import aiosmtplib
 from smtpservers.client import SessionError, session_open
 from smtpservers.services import connection_status_record_from_send
 
-from .base import WIRE_POLICY, ConnectionLost, Outcome, SendResult, Transport
+from .base import ConnectionLost, Outcome, SendResult, Transport, message_bytes
 
 if TYPE_CHECKING:
     from smtpservers.models import SmtpServer
@@ -73,7 +73,7 @@ class SmtpTransport(Transport):
 
     def send(self, message: EmailMessage, *, sender: str, recipient: str) -> SendResult:
         assert self._client is not None, "open() first"
-        data = message.as_bytes(policy=WIRE_POLICY)
+        data = message_bytes(message)
         try:
             errors, reply = self._run(self._client.sendmail(sender, [recipient], data))
         except aiosmtplib.SMTPRecipientsRefused as exc:
