@@ -7,14 +7,13 @@ import json
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.utils import timezone
 
-from campaigns.imports import RowRejected, _contacts_write, contact_row_clean
+from campaigns.imports import RowRejected, contact_row_clean, contacts_write
 from campaigns.models import Contact, ContactList, Subscription
 
 from .models import ApiToken
@@ -128,11 +127,13 @@ def contacts_upsert(
     with transaction.atomic():
         existing = set(Contact.objects.filter(email__in=emails).values_list("email", flat=True))
         if good:
-            target = SimpleNamespace(
-                source=source, contact_list_id=contact_list.pk if contact_list else None
-            )
             with connection.cursor() as cursor:
-                _contacts_write(cursor, target, good)  # type: ignore[arg-type]
+                contacts_write(
+                    cursor=cursor,
+                    rows=good,
+                    source=source,
+                    contact_list_id=contact_list.pk if contact_list else None,
+                )
     by_index = {first_index[e]: e for e in emails}
     for result in results:
         if result.status == "pending":

@@ -505,13 +505,18 @@ RETURNING xmax = 0
 """
 
 
-def _contacts_write(cursor: Any, job: ImportJob, rows: list[dict[str, Any]]) -> tuple[int, int]:
+def contacts_write(
+    *, cursor: Any, rows: list[dict[str, Any]], source: str, contact_list_id: int | None
+) -> tuple[int, int]:
+    """Upsert cleaned contact rows (``contact_row_clean``'s output) in one
+    statement and subscribe them to the list; returns (created, updated).
+    The CSV import and the API's bulk upsert both write through it."""
     emails = [r["key"] for r in rows]
     cursor.execute(
         _CONTACTS_UPSERT,
         {
             "status": Contact.Status.ACTIVE,
-            "source": job.source,
+            "source": source,
             "email": emails,
             "phone": [r["phone"] for r in rows],
             "first": [r["first_name"] for r in rows],
@@ -522,12 +527,16 @@ def _contacts_write(cursor: Any, job: ImportJob, rows: list[dict[str, Any]]) -> 
         },
     )
     results = [inserted for (inserted,) in cursor.fetchall()]
-    if job.contact_list_id:
-        cursor.execute(
-            _SUBSCRIBE, {"list": job.contact_list_id, "source": job.source, "email": emails}
-        )
+    if contact_list_id:
+        cursor.execute(_SUBSCRIBE, {"list": contact_list_id, "source": source, "email": emails})
     created = sum(results)
     return created, len(results) - created
+
+
+def _contacts_write(cursor: Any, job: ImportJob, rows: list[dict[str, Any]]) -> tuple[int, int]:
+    return contacts_write(
+        cursor=cursor, rows=rows, source=job.source, contact_list_id=job.contact_list_id
+    )
 
 
 def _suppressions_write(cursor: Any, job: ImportJob, rows: list[dict[str, Any]]) -> tuple[int, int]:
