@@ -190,6 +190,9 @@ class CampaignSerializer(serializers.ModelSerializer):
             "name",
             "kind",
             "autoresponder_delay",
+            "trigger",
+            "date_attribute",
+            "date_offset_days",
             "template",
             "lists",
             "dispatcher",
@@ -212,12 +215,18 @@ class CampaignSerializer(serializers.ModelSerializer):
         ]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        # The model's own cross-field rule (an autoresponder needs a delay).
+        # The model's own cross-field rules (an autoresponder needs a delay,
+        # or a date attribute when a date triggers it).
         probe = Campaign(
-            kind=attrs.get("kind", getattr(self.instance, "kind", Campaign.Kind.REGULAR)),
-            autoresponder_delay=attrs.get(
-                "autoresponder_delay", getattr(self.instance, "autoresponder_delay", None)
-            ),
+            **{
+                name: attrs.get(name, getattr(self.instance, name, default))
+                for name, default in (
+                    ("kind", Campaign.Kind.REGULAR),
+                    ("autoresponder_delay", None),
+                    ("trigger", Campaign.Trigger.LIST_JOINED),
+                    ("date_attribute", ""),
+                )
+            }
         )
         try:
             probe.clean()

@@ -2,6 +2,7 @@ import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 
@@ -9,6 +10,12 @@ from dispatchers.models import Dispatcher
 from smtpservers.validators import validate_header_value
 
 from .sandbox import template_error
+
+# The names the CSV import gives custom attributes (imports.attribute_name_guess).
+validate_attribute_name = RegexValidator(
+    r"^[a-z_][a-z0-9_]{0,63}$",
+    "An attribute name has lowercase letters, digits and underscores, as the import makes them.",
+)
 
 
 class Contact(models.Model):
@@ -150,6 +157,10 @@ class Campaign(models.Model):
         REGULAR = "regular", "Regular campaign"
         AUTORESPONDER = "autoresponder", "Autoresponder"
 
+    class Trigger(models.TextChoices):
+        LIST_JOINED = "list_joined", "Joined a list"
+        DATE_ATTRIBUTE = "date_attribute", "Date attribute"
+
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.REGULAR)
     autoresponder_delay = models.DurationField(
@@ -157,6 +168,27 @@ class Campaign(models.Model):
         blank=True,
         help_text="Autoresponders: how long after a contact subscribes to one of the lists "
         "the message goes out (e.g. 1 day).",
+    )
+    trigger = models.CharField(
+        "autoresponder trigger",
+        max_length=16,
+        choices=Trigger.choices,
+        default=Trigger.LIST_JOINED,
+        help_text="Autoresponders: a subscription to one of the lists, or a date held in a "
+        "contact attribute (a birthday, a renewal date).",
+    )
+    date_attribute = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[validate_attribute_name],
+        help_text="Date trigger: the contact attribute holding the date, as YYYY-MM-DD "
+        "(e.g. renewal_date).",
+    )
+    date_offset_days = models.IntegerField(
+        "days from the date",
+        default=0,
+        validators=[MinValueValidator(-3650), MaxValueValidator(3650)],
+        help_text="Date trigger: send this many days after the date (negative: before it).",
     )
     template = models.ForeignKey(Template, on_delete=models.PROTECT)
     lists = models.ManyToManyField(ContactList, related_name="campaigns")
@@ -193,7 +225,14 @@ class Campaign(models.Model):
         return self.name
 
     def clean(self) -> None:
-        if self.kind == self.Kind.AUTORESPONDER and self.autoresponder_delay is None:
+        if self.kind != self.Kind.AUTORESPONDER:
+            return
+        if self.trigger == self.Trigger.DATE_ATTRIBUTE:
+            if not self.date_attribute:
+                raise ValidationError(
+                    {"date_attribute": "A date trigger needs the attribute that holds the date."}
+                )
+        elif self.autoresponder_delay is None:
             raise ValidationError({"autoresponder_delay": "An autoresponder needs a delay."})
 
     @property

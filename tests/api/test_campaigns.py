@@ -58,6 +58,27 @@ def test_an_autoresponder_needs_a_delay(marketer: Any, cast: Cast) -> None:
     assert "autoresponder_delay" in response.json()["details"]
 
 
+def test_a_date_autoresponder_is_created_with_its_attribute(marketer: Any, cast: Cast) -> None:
+    body = {
+        "name": "Renewal reminder",
+        "kind": "autoresponder",
+        "trigger": "date_attribute",
+        "template": cast.template.pk,
+        "dispatcher": cast.dispatcher.pk,
+        "lists": [cast.contact_list.pk],
+    }
+    refused = marketer.post("/api/v1/campaigns/", body, format="json")
+    assert refused.status_code == 400
+    assert "date_attribute" in refused.json()["details"]
+    body.update(date_attribute="renewal_date", date_offset_days=-7)
+    created = marketer.post("/api/v1/campaigns/", body, format="json")
+    assert created.status_code == 201, created.json()
+    campaign = Campaign.objects.get(pk=created.json()["id"])
+    assert (campaign.date_attribute, campaign.date_offset_days) == ("renewal_date", -7)
+    copy = marketer.post(f"/api/v1/campaigns/{campaign.pk}/duplicate/").json()
+    assert (copy["trigger"], copy["date_attribute"]) == ("date_attribute", "renewal_date")
+
+
 def test_progress_and_recipients(marketer: Any, cast: Cast) -> None:
     contacts = Contact.objects.bulk_create(Contact(email=f"r{i}@example.org") for i in range(5))
     CampaignItem.objects.bulk_create(

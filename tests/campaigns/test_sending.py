@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from campaigns import services
@@ -132,6 +133,55 @@ def test_an_autoresponder_answers_new_subscribers_once_their_delay_is_over():
     item = CampaignItem.objects.get(campaign=welcome)
     assert (item.contact, item.status) == (newcomer, S.PENDING)
     assert services.campaigns_complete(now=later) == 0  # autoresponders keep running
+
+
+def test_a_date_autoresponder_fires_once_on_the_day_the_date_comes_round():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/herald-test-outbox")
+    audience = make_audience(5)
+    today = timezone.now().date()
+    contacts = list(audience.contacts.order_by("id"))
+    renewals = {
+        contacts[0]: (today + timedelta(days=7)).isoformat(),  # due: 7 days before renewal
+        contacts[1]: (today + timedelta(days=8)).isoformat(),  # due tomorrow
+        contacts[2]: (today - timedelta(days=400)).isoformat(),  # long past: never mailed
+        contacts[3]: "2023-02-30",  # looks like a date, is not one: skipped, no crash
+    }  # contacts[4] has no renewal date at all
+    for contact, renewal in renewals.items():
+        contact.attributes = {"renewal_date": renewal}
+        contact.save()
+    reminder = make_campaign(dispatcher=dispatcher, lists=[audience])
+    Campaign.objects.filter(pk=reminder.pk).update(
+        kind=Campaign.Kind.AUTORESPONDER,
+        trigger=Campaign.Trigger.DATE_ATTRIBUTE,
+        date_attribute="renewal_date",
+        date_offset_days=-7,
+    )
+    reminder.refresh_from_db()
+    services.campaign_schedule(campaign=reminder)
+
+    assert services.autoresponders_process() == 1
+    assert services.autoresponders_process() == 0  # never twice
+    tomorrow = timezone.now() + timedelta(days=1)
+    assert services.autoresponders_process(now=tomorrow) == 1
+    assert services.autoresponders_process(now=tomorrow + timedelta(days=365)) == 0
+    mailed = set(CampaignItem.objects.filter(campaign=reminder).values_list("contact", flat=True))
+    assert mailed == {contacts[0].pk, contacts[1].pk}
+
+
+def test_a_date_autoresponder_needs_its_attribute():
+    campaign = Campaign(
+        name="Birthday",
+        kind=Campaign.Kind.AUTORESPONDER,
+        trigger=Campaign.Trigger.DATE_ATTRIBUTE,
+        date_attribute="",
+    )
+    with pytest.raises(ValidationError) as error:
+        campaign.clean()
+    assert "date_attribute" in error.value.message_dict
+    campaign.date_attribute = "Birth Day; DROP"
+    with pytest.raises(ValidationError) as error:
+        campaign.clean_fields(exclude=["template", "dispatcher"])
+    assert "date_attribute" in error.value.message_dict
 
 
 def test_a_campaign_paused_while_paging_its_audience_resumes_paging():
