@@ -25,6 +25,7 @@ ROLE_PERMISSIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "campaigns.template": _CRUD,
         "campaigns.campaign": (*_CRUD, "pause_campaign"),
         "campaigns.campaignitem": ("view",),
+        "campaigns.marketingconfiguration": ("change", "view"),
         "bounces.bounce": ("view",),
         "api.apitoken": ("add", "view", "delete"),
     },

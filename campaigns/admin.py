@@ -1,7 +1,10 @@
+from typing import Any
+
+from django.conf import settings
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.response import HttpResponseBase
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -9,12 +12,15 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
+from dispatchers.models import Dispatcher
+
 from . import services
 from .models import (
     Campaign,
     CampaignItem,
     Contact,
     ContactList,
+    MarketingConfiguration,
     Subscription,
     Suppression,
     Template,
@@ -222,3 +228,45 @@ class CampaignItemAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
         return False
+
+
+@admin.register(MarketingConfiguration)
+class MarketingConfigurationAdmin(admin.ModelAdmin):
+    """One page, no list, as the products our users come from have it: the
+    footers, and the sizes that shape sending, shown for reference."""
+
+    fieldsets = (
+        ("Footers", {"fields": ("text_footer", "html_footer")}),
+        ("Sending (read-only)", {"fields": ("campaign_batch_size", "items_page_size")}),
+    )
+    readonly_fields = ("campaign_batch_size", "items_page_size")
+
+    @admin.display(description="Campaign batch size")
+    def campaign_batch_size(self, obj: MarketingConfiguration) -> str:
+        sizes = sorted(set(Dispatcher.objects.values_list("batch_size", flat=True)))
+        shown = ", ".join(str(size) for size in sizes) or "no dispatcher yet"
+        return f"{shown} (set per dispatcher: “Volume of mails per batch”)"
+
+    @admin.display(description="Items creation page size")
+    def items_page_size(self, obj: MarketingConfiguration) -> str:
+        return f"{settings.HERALD_ITEMS_PAGE_SIZE} (HERALD_ITEMS_PAGE_SIZE)"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # the row is made on first visit
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict | None = None
+    ) -> HttpResponse:
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        configuration = MarketingConfiguration.load()
+        return HttpResponseRedirect(
+            reverse("admin:campaigns_marketingconfiguration_change", args=[configuration.pk])
+        )
+
+    def response_change(self, request: HttpRequest, obj: MarketingConfiguration) -> HttpResponse:
+        self.message_user(request, "The marketing configuration was saved.", messages.SUCCESS)
+        return HttpResponseRedirect(request.path)

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import uuid
 
 from django.conf import settings
@@ -141,6 +143,52 @@ class Template(models.Model):
     def clean(self) -> None:
         if not (self.html_body.strip() or self.text_body.strip()):
             raise ValidationError("Write an HTML body, a plain-text body, or both.")
+
+
+DEFAULT_TEXT_FOOTER = """--
+Unsubscribe: {{ unsubscribe_url }}
+Manage subscriptions: {{ manage_subscriptions_url }}
+"""
+
+DEFAULT_HTML_FOOTER = """<p style="font-size:12px;color:#666">
+<a href="{{ unsubscribe_url }}">Unsubscribe</a> |
+<a href="{{ manage_subscriptions_url }}">Manage subscriptions</a>
+</p>
+"""
+
+
+class MarketingConfiguration(models.Model):
+    """The footers appended to every campaign and autoresponder message.
+    One row, made on first use; the page edits it in place."""
+
+    text_footer = models.TextField(
+        "plain-text footer",
+        blank=True,
+        default=DEFAULT_TEXT_FOOTER,
+        validators=[validate_template_source],
+        help_text="Appended to the plain-text part. Placeholders: {{ unsubscribe_url }}, "
+        "{{ manage_subscriptions_url }} and the contact's fields.",
+    )
+    html_footer = models.TextField(
+        "rich-text footer",
+        blank=True,
+        default=DEFAULT_HTML_FOOTER,
+        validators=[validate_template_source],
+        help_text="Inserted before </body> of the HTML part (appended when there is none).",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "marketing configuration"
+        verbose_name_plural = "marketing configuration"
+
+    def __str__(self) -> str:
+        return "Marketing configuration"
+
+    @classmethod
+    def load(cls) -> MarketingConfiguration:
+        configuration, _ = cls.objects.get_or_create(pk=1)
+        return configuration
 
 
 class Campaign(models.Model):

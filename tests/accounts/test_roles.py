@@ -270,6 +270,8 @@ def campaign_form(cast: Cast, name: str) -> dict[str, Any]:
     return {
         "name": name,
         "kind": "regular",
+        "trigger": "list_joined",  # prefilled by the form, as a browser posts it
+        "date_offset_days": "0",
         "template": cast.template.pk,
         "lists": [cast.contact_list.pk],
         "dispatcher": cast.dispatcher.pk,
@@ -439,6 +441,8 @@ MARKETER_PERMISSIONS = {
 } | {
     ("campaigns", "pause_campaign"),
     ("campaigns", "view_campaignitem"),
+    ("campaigns", "view_marketingconfiguration"),
+    ("campaigns", "change_marketingconfiguration"),
     ("bounces", "view_bounce"),
     ("api", "add_apitoken"),
     ("api", "view_apitoken"),
@@ -479,7 +483,7 @@ def test_the_three_roles_exist() -> None:
 
 
 def test_marketer_permissions_are_exactly() -> None:
-    assert len(MARKETER_PERMISSIONS) == 30
+    assert len(MARKETER_PERMISSIONS) == 32
     assert permissions_of(MARKETER) == MARKETER_PERMISSIONS
 
 
