@@ -194,6 +194,10 @@ class CampaignSerializer(serializers.ModelSerializer):
             "date_attribute",
             "date_offset_days",
             "template",
+            "track_opens",
+            "track_clicks",
+            "unique_opens",
+            "unique_clicks",
             "lists",
             "dispatcher",
             "status",
@@ -205,6 +209,8 @@ class CampaignSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = [
+            "unique_opens",
+            "unique_clicks",
             "status",
             "scheduled_at",
             "paused_reason",

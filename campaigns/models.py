@@ -239,6 +239,14 @@ class Campaign(models.Model):
         help_text="Date trigger: send this many days after the date (negative: before it).",
     )
     template = models.ForeignKey(Template, on_delete=models.PROTECT)
+    track_opens = models.BooleanField(
+        default=False, help_text="Add an invisible image that tells when a message is opened."
+    )
+    track_clicks = models.BooleanField(
+        default=False,
+        help_text="Send the links of the HTML part through Herald to count clicks. Links "
+        "with placeholders in them are left as they are.",
+    )
     lists = models.ManyToManyField(ContactList, related_name="campaigns")
     dispatcher = models.ForeignKey(Dispatcher, on_delete=models.PROTECT, related_name="campaigns")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
@@ -258,6 +266,10 @@ class Campaign(models.Model):
     sent_count = models.PositiveIntegerField(default=0)
     failed_count = models.PositiveIntegerField(default=0)
     skipped_count = models.PositiveIntegerField(default=0)
+    # Maintained as events arrive (recipients who opened / clicked at least
+    # once, machines not counted), so the report never counts events.
+    unique_opens = models.PositiveIntegerField(default=0, editable=False)
+    unique_clicks = models.PositiveIntegerField(default=0, editable=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, editable=False
     )
@@ -348,6 +360,9 @@ class CampaignItem(models.Model):
     smtp_response = models.CharField(max_length=500, blank=True)
     queue_id = models.CharField(max_length=100, blank=True)
     skip_reason = models.CharField(max_length=32, blank=True)
+    # First human open and click (tracking); machine fetches do not set them.
+    opened_at = models.DateTimeField(null=True, blank=True)
+    clicked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -366,6 +381,44 @@ class CampaignItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign} → {self.contact}"
+
+
+class TrackedLink(models.Model):
+    """A link of a campaign's HTML, behind a number: a click URL carries the
+    number and the destination is looked up here, so nobody can make
+    Herald redirect to an address of their choosing."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="links")
+    url = models.URLField(max_length=2000)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "url"], name="link_unique_per_campaign")
+        ]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class TrackingEvent(models.Model):
+    class Kind(models.TextChoices):
+        OPEN = "open", "Open"
+        CLICK = "click", "Click"
+
+    item = models.ForeignKey(CampaignItem, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    link = models.ForeignKey(TrackedLink, null=True, blank=True, on_delete=models.CASCADE)
+    # Link scanners and privacy proxies (Apple Mail) fetch what no person saw.
+    machine = models.BooleanField(default=False)
+    user_agent = models.CharField(max_length=255, blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["item", "kind"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of {self.item_id}"
 
 
 class ImportJob(models.Model):

@@ -1,9 +1,11 @@
 from django.urls import include, path
 
-from . import views
+from . import tracking_views, views
 
 app_name = "campaigns"
 urlpatterns = [
     path("u/<str:signed>/", views.unsubscribe, name="unsubscribe"),
+    path("t/<str:key>/o.gif", tracking_views.open_pixel, name="track_open"),
+    path("t/<str:key>/c/<int:link_id>/", tracking_views.click, name="track_click"),
     path("", include("campaigns.import_urls")),
 ]
