@@ -86,8 +86,11 @@ class DispatcherAdmin(admin.ModelAdmin):
             {
                 "fields": (
                     "messages_per_hour",
+                    "messages_per_day",
                     "batch_size",
                     "pacing",
+                    "block_size",
+                    "block_pause_minutes",
                     "connections",
                     "delivery_mode",
                     "smtp_server",

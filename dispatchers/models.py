@@ -59,6 +59,7 @@ class Dispatcher(models.Model):
     class Pacing(models.TextChoices):
         SPREAD = "spread", "Spread over the hour"
         FAST = "fast", "As fast as allowed"
+        BLOCKS = "blocks", "Blocks with pauses"
 
     name = models.CharField("dispatcher name", max_length=100, unique=True)
     server_name = models.CharField(
@@ -85,7 +86,30 @@ class Dispatcher(models.Model):
         default=Pacing.SPREAD,
         help_text="Spread over the hour: in any stretch of minutes at most that stretch's "
         "share of the hourly limit (600 per hour: 10 a minute, 50 in 5 minutes). "
-        "As fast as allowed: the whole hourly limit at once, then wait.",
+        "As fast as allowed: the whole hourly limit at once, then wait. "
+        "Blocks with pauses: N messages, then a pause of M minutes, within the hourly limit.",
+    )
+    block_size = models.PositiveIntegerField(
+        "messages per block",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Blocks with pauses: how many messages make a block.",
+    )
+    block_pause_minutes = models.PositiveIntegerField(
+        "pause between blocks (minutes)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(24 * 60)],
+        help_text="Blocks with pauses: how long to wait after a block before the next one.",
+    )
+    messages_per_day = models.PositiveIntegerField(
+        "messages dispatched per day",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Optional: at most this many in any 24 hours, whatever the hourly limit "
+        "allows (a provider's daily quota).",
     )
     connections = models.PositiveSmallIntegerField(
         "parallel connections",
@@ -164,6 +188,14 @@ class Dispatcher(models.Model):
         return ""
 
     def clean(self) -> None:
+        if self.pacing == self.Pacing.BLOCKS:
+            missing = {
+                name: "Blocks with pauses need this."
+                for name in ("block_size", "block_pause_minutes")
+                if not getattr(self, name)
+            }
+            if missing:
+                raise ValidationError(missing)
         if self.type == self.Type.EMAIL:
             if not self.from_email:
                 raise ValidationError({"from_email": "An EMAIL dispatcher needs a sender address."})

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.db.models import F, Value
+from django.db.models import F, Sum, Value
 from django.db.models.functions import Greatest
 
 from .models import Dispatcher, RateUsage
 
 WINDOW = timedelta(hours=1)
+DAY = timedelta(hours=24)
+# How long the ledger is kept: the daily limit and block pacing look back
+# this far; the hourly limit only 60 minutes.
+RETENTION = DAY
 
 
 def _minute(moment: datetime) -> datetime:
@@ -41,7 +45,41 @@ def rate_budget(*, dispatcher: Dispatcher, now: datetime) -> int:
     budget = dispatcher.messages_per_hour - sum(spent.values())
     if dispatcher.pacing == Dispatcher.Pacing.SPREAD:
         budget = min(budget, _spread_budget(dispatcher.messages_per_hour, spent, current))
+    if dispatcher.pacing == Dispatcher.Pacing.BLOCKS and dispatcher.block_size:
+        budget = min(budget, _block_budget(dispatcher, current))
+    if dispatcher.messages_per_day:
+        budget = min(budget, dispatcher.messages_per_day - _spent_since(dispatcher, current - DAY))
     return max(budget, 0)
+
+
+def _spent_since(dispatcher: Dispatcher, start: datetime) -> int:
+    return (
+        RateUsage.objects.filter(dispatcher=dispatcher, minute__gt=start).aggregate(
+            total=Sum("count")
+        )["total"]
+        or 0
+    )
+
+
+def _block_budget(dispatcher: Dispatcher, current: datetime) -> int:
+    """What is left of the current block. A block is a run of minutes with
+    sends and no gap as long as the pause; once it holds ``block_size``,
+    nothing more until the pause has passed since its last send."""
+    size = dispatcher.block_size or 0
+    pause = timedelta(minutes=dispatcher.block_pause_minutes or 0)
+    rows = RateUsage.objects.filter(
+        dispatcher=dispatcher, minute__gt=current - RETENTION, count__gt=0
+    ).order_by("-minute")
+    in_block = 0
+    later = current
+    for minute, count in rows.values_list("minute", "count").iterator():
+        if later - minute >= pause:
+            break  # a gap as long as the pause: an earlier block
+        in_block += count
+        later = minute
+        if in_block >= size:
+            return 0  # full: wait until the pause has passed since ``later``
+    return size - in_block
 
 
 def _spread_budget(per_hour: int, spent: dict[datetime, int], current: datetime) -> int:
@@ -75,5 +113,5 @@ def rate_refund(*, dispatcher_id: int, count: int, spent_at: datetime) -> None:
 
 
 def rate_usage_prune(*, now: datetime) -> int:
-    deleted, _ = RateUsage.objects.filter(minute__lte=_minute(now) - WINDOW).delete()
+    deleted, _ = RateUsage.objects.filter(minute__lte=_minute(now) - RETENTION).delete()
     return deleted

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from campaigns import services
@@ -130,3 +131,56 @@ def test_new_dispatchers_spread_by_default() -> None:
     dispatcher = Dispatcher(name="New", server_name="mailer1")
 
     assert dispatcher.pacing == SPREAD
+
+
+def test_blocks_send_n_then_pause_m_minutes(start: datetime) -> None:
+    dispatcher = pickup_dispatcher(
+        messages_per_hour=10_000,
+        batch_size=30,
+        pacing=Dispatcher.Pacing.BLOCKS,
+        block_size=50,
+        block_pause_minutes=10,
+    )
+    backlog(200, dispatcher)
+
+    assert claim_all(dispatcher, now=start) == [30, 20]  # one block of 50
+    assert claim_all(dispatcher, now=start + timedelta(minutes=5)) == []  # pausing
+    assert claim_all(dispatcher, now=start + timedelta(minutes=9, seconds=59)) == []
+    assert claim_all(dispatcher, now=start + timedelta(minutes=10)) == [30, 20]  # next block
+    assert claim_all(dispatcher, now=start + timedelta(minutes=15)) == []
+
+
+def test_a_block_stays_within_the_hourly_limit(start: datetime) -> None:
+    dispatcher = pickup_dispatcher(
+        messages_per_hour=60,
+        batch_size=100,
+        pacing=Dispatcher.Pacing.BLOCKS,
+        block_size=50,
+        block_pause_minutes=1,
+    )
+    backlog(200, dispatcher)
+
+    assert claim_all(dispatcher, now=start) == [50]
+    assert claim_all(dispatcher, now=start + timedelta(minutes=2)) == [10]  # hourly limit: 60
+    assert claim_all(dispatcher, now=start + timedelta(minutes=30)) == []
+    assert claim_all(dispatcher, now=start + timedelta(minutes=60)) == [50]
+
+
+def test_a_daily_limit_holds_over_any_24_hours(start: datetime) -> None:
+    dispatcher = pickup_dispatcher(
+        messages_per_hour=100, messages_per_day=250, batch_size=100, pacing=FAST
+    )
+    backlog(1000, dispatcher)
+
+    spent = [sum(claim_all(dispatcher, now=start + timedelta(hours=h))) for h in range(26)]
+    assert spent[:3] == [100, 100, 50]
+    assert sum(spent[:24]) == 250  # the 24 hours from the first claim
+    assert spent[24:26] == [100, 100]  # the first hours' messages have left the window
+    assert RateUsage.objects.filter(dispatcher=dispatcher).count() >= 3  # ledger kept 24 h
+
+
+def test_blocks_need_their_size_and_pause() -> None:
+    dispatcher = Dispatcher(pacing=Dispatcher.Pacing.BLOCKS, type=Dispatcher.Type.SMS)
+    with pytest.raises(ValidationError) as error:
+        dispatcher.clean()
+    assert set(error.value.message_dict) == {"block_size", "block_pause_minutes"}
