@@ -34,6 +34,8 @@ ROLE_PERMISSIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "campaigns.campaignitem": ("view",),
         "campaigns.batch": ("view",),
         "dispatchers.dispatcher": ("view", "pause_dispatcher"),
+        "dispatchers.dispatcherpool": ("view",),
+        "dispatchers.poolmember": ("view",),
         "dispatchers.senderdomain": ("view",),
         "jobs.jobrun": ("view", "run_job"),
         "jobs.notification": ("view", "change"),

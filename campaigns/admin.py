@@ -1,5 +1,6 @@
 from typing import Any
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -99,8 +100,35 @@ _STATUS_BADGE = {
 }
 
 
+class CampaignForm(forms.ModelForm):
+    """A campaign sent through a pool may leave the dispatcher empty: the
+    pool's first member is taken (it must be a member anyway)."""
+
+    class Meta:
+        model = Campaign
+        fields = ("dispatcher", "pool")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "dispatcher" in self.fields:
+            self.fields["dispatcher"].required = False
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        pool = cleaned.get("pool")
+        if not cleaned.get("dispatcher") and "dispatcher" in self.fields:
+            first = pool.members.select_related("dispatcher").first() if pool else None
+            if first is None:
+                self.add_error("dispatcher", "Choose a dispatcher, or a pool with members.")
+            else:
+                cleaned["dispatcher"] = first.dispatcher
+                self.instance.dispatcher = first.dispatcher
+        return cleaned
+
+
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
+    form = CampaignForm
     list_display = (
         "name",
         "status_badge",
@@ -135,6 +163,7 @@ class CampaignAdmin(admin.ModelAdmin):
             "track_clicks",
             "lists",
             "dispatcher",
+            "pool",
             "scheduled_at",
         ]
         if obj is None:
@@ -155,6 +184,7 @@ class CampaignAdmin(admin.ModelAdmin):
                 "track_clicks",
                 "lists",
                 "dispatcher",
+                "pool",
                 "scheduled_at",
                 *self.readonly_fields,
             )

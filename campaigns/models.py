@@ -8,7 +8,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.db.models import Q
 
-from dispatchers.models import Dispatcher
+from dispatchers.models import Dispatcher, DispatcherPool
 from smtpservers.validators import validate_header_value
 
 from .sandbox import template_error
@@ -249,6 +249,16 @@ class Campaign(models.Model):
     )
     lists = models.ManyToManyField(ContactList, related_name="campaigns")
     dispatcher = models.ForeignKey(Dispatcher, on_delete=models.PROTECT, related_name="campaigns")
+    pool = models.ForeignKey(
+        DispatcherPool,
+        verbose_name="dispatcher pool",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="campaigns",
+        help_text="Optional: send through every member of this pool, each within its own "
+        "limits. The dispatcher above must be one of its members.",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
     scheduled_at = models.DateTimeField(null=True, blank=True)
     paused_reason = models.CharField(max_length=255, blank=True)
@@ -285,6 +295,11 @@ class Campaign(models.Model):
         return self.name
 
     def clean(self) -> None:
+        if self.pool_id and self.dispatcher_id:
+            if not self.pool.members.filter(dispatcher_id=self.dispatcher_id).exists():
+                raise ValidationError(
+                    {"dispatcher": f"Choose one of the members of the pool “{self.pool}”."}
+                )
         if self.kind != self.Kind.AUTORESPONDER:
             return
         if self.trigger == self.Trigger.DATE_ATTRIBUTE:

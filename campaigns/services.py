@@ -12,13 +12,14 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, F, Min, OuterRef, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from dispatchers.models import Dispatcher
 from dispatchers.pool import Completion, SendPool
 from dispatchers.ratelimit import rate_budget, rate_refund, rate_spend, rate_usage_prune
-from dispatchers.services import dispatcher_pause
+from dispatchers.services import dispatcher_pause, pool_member_fail, pool_member_record_failover
 from dispatchers.signing import signer_for
 from dispatchers.transports import ConnectionLost, Outcome, SendResult, transport_for
 from jobs.locks import BATCHES, advisory_lock
@@ -317,6 +318,8 @@ def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | N
         )
         if not dispatcher.is_enabled or dispatcher.blocked_reason:
             return None
+        if dispatcher.retry_after is not None and dispatcher.retry_after > now:
+            return None  # a pool member out of rotation, backing off
         open_batches = Batch.objects.filter(dispatcher=dispatcher, finished_at__isnull=True)
         if open_batches.count() >= MAX_OPEN_BATCHES:
             return None
@@ -325,7 +328,7 @@ def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | N
             return None
         ids = list(
             CampaignItem.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(campaign__dispatcher=dispatcher, campaign__status=Campaign.Status.SENDING)
+            .filter(campaign_id__in=_campaigns_served(dispatcher))
             .filter(Q(status=S.PENDING) | Q(status=S.DEFERRED, next_attempt_at__lte=now))
             .order_by("id")
             .values_list("id", flat=True)[:wanted]
@@ -343,12 +346,31 @@ def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | N
         return batch
 
 
+def _campaigns_served(dispatcher: Dispatcher) -> list[int]:
+    """Sending campaigns this dispatcher works for: its own, and those of
+    the pools it is a member of."""
+    return list(
+        Campaign.objects.filter(status=Campaign.Status.SENDING)
+        .filter(Q(dispatcher=dispatcher) | Q(pool__members__dispatcher=dispatcher))
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+
+
 def messages_process(*, now: datetime | None = None) -> int:
     """The process-messages job: reclaim dead batches, then claim new ones.
     Returns the items it moved (released plus claimed)."""
     now = now or timezone.now()
     claimed = batches_reclaim(now=now)
-    for dispatcher_id in Dispatcher.objects.filter(is_enabled=True).values_list("pk", flat=True):
+    # Pool members claim in order of priority, so the first ones spend
+    # their budget before the next are asked.
+    dispatchers = (
+        Dispatcher.objects.filter(is_enabled=True)
+        .annotate(priority=Coalesce(Min("pool_memberships__priority"), 0))
+        .order_by("priority", "pk")
+        .values_list("pk", flat=True)
+    )
+    for dispatcher_id in dispatchers:
         while (batch := batch_claim(dispatcher_id=dispatcher_id, now=now)) is not None:
             claimed += batch.size
     return claimed
@@ -649,6 +671,8 @@ def dispatcher_record_failure(*, dispatcher: Dispatcher, error: str) -> None:
         consecutive_failures=F("consecutive_failures") + 1, last_error=error[:500]
     )
     dispatcher.refresh_from_db(fields=["consecutive_failures", "is_enabled"])
+    if pool_member_fail(dispatcher=dispatcher, error=error):
+        return  # out of rotation for a while; the pool's other members go on
     limit = settings.HERALD_DISPATCHER_MAX_FAILURES
     if dispatcher.is_enabled and dispatcher.consecutive_failures >= limit:
         reason = f"Paused after {dispatcher.consecutive_failures} failed connections: {error}"
@@ -665,6 +689,7 @@ def dispatcher_stop(*, dispatcher: Dispatcher, error: str) -> None:
     """Retrying cannot help (login rejected, server deactivated): pause at
     once and tell the administrators what to do."""
     reason = f"Stopped: {error}"
+    pool_member_record_failover(dispatcher=dispatcher, reason=reason)
     if dispatcher_pause(dispatcher=dispatcher, reason=reason):
         notification_raise(
             key=f"dispatcher:{dispatcher.pk}:paused",
@@ -676,9 +701,13 @@ def dispatcher_stop(*, dispatcher: Dispatcher, error: str) -> None:
 
 
 def dispatcher_record_success(*, dispatcher: Dispatcher) -> None:
-    Dispatcher.objects.filter(pk=dispatcher.pk).exclude(consecutive_failures=0).update(
-        consecutive_failures=0, last_error=""
+    rejoined = (
+        Dispatcher.objects.filter(pk=dispatcher.pk)
+        .exclude(consecutive_failures=0, retry_after__isnull=True)
+        .update(consecutive_failures=0, last_error="", retry_after=None)
     )
+    if rejoined:
+        notification_resolve(key=f"dispatcher:{dispatcher.pk}:failover")
 
 
 def campaign_record_errors(*, campaign_id: int, trailing: int, reset: bool) -> None:

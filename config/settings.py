@@ -118,6 +118,10 @@ HERALD_JOB_SLOW_SECONDS = env.float("HERALD_JOB_SLOW_SECONDS", default=60.0)
 HERALD_WORKERS_TIMEOUT = env.float("HERALD_WORKERS_TIMEOUT", default=1.0)
 HERALD_WORKERS_MAX_AGE = env.float("HERALD_WORKERS_MAX_AGE", default=10.0)
 HERALD_DISPATCHER_MAX_FAILURES = env.int("HERALD_DISPATCHER_MAX_FAILURES", default=5)
+# A pool member that cannot connect is out of rotation for this long,
+# doubling with each failure in a row up to the cap, then tried again.
+HERALD_POOL_BACKOFF_SECONDS = env.int("HERALD_POOL_BACKOFF_SECONDS", default=30)
+HERALD_POOL_BACKOFF_MAX_SECONDS = env.int("HERALD_POOL_BACKOFF_MAX_SECONDS", default=900)
 HERALD_CAMPAIGN_MAX_CONSECUTIVE_ERRORS = env.int(
     "HERALD_CAMPAIGN_MAX_CONSECUTIVE_ERRORS", default=100
 )

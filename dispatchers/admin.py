@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from .domains import (
@@ -15,7 +16,8 @@ from .domains import (
     sender_domain_unarchive,
     sender_domain_verify,
 )
-from .models import Dispatcher, SenderDomain
+from .models import Dispatcher, DispatcherPool, PoolMember, SenderDomain
+from .selectors import pool_members_status
 from .services import dispatcher_pause, dispatcher_resume
 
 
@@ -167,6 +169,9 @@ class DispatcherAdmin(admin.ModelAdmin):
             badge, label, why = "paused", "Paused", obj.paused_reason
         elif obj.blocked_reason:
             badge, label, why = "failed", "Cannot send", obj.blocked_reason
+        elif obj.retry_after is not None and obj.retry_after > timezone.now():
+            until = timezone.localtime(obj.retry_after).strftime("%H:%M:%S")
+            badge, label, why = "failed", f"Out of rotation until {until}", obj.last_error
         else:
             badge, label, why = "ok", "Enabled", obj.last_error
         return format_html(
@@ -207,6 +212,62 @@ class DispatcherAdmin(admin.ModelAdmin):
     def resume(self, request: HttpRequest, queryset: QuerySet[Dispatcher]) -> None:
         n = sum(dispatcher_resume(dispatcher=d) for d in queryset)
         self.message_user(request, f"Resumed {n} dispatcher(s).", messages.SUCCESS)
+
+
+class PoolMemberInline(admin.TabularInline):
+    model = PoolMember
+    extra = 1
+    fields = ("dispatcher", "priority")
+    autocomplete_fields = ()
+
+
+@admin.register(DispatcherPool)
+class DispatcherPoolAdmin(admin.ModelAdmin):
+    list_display = ("name", "type", "member_count")
+    readonly_fields = ("members_status",)
+    fields = ("name", "type", "members_status")
+    inlines = (PoolMemberInline,)
+
+    @admin.display(description="members")
+    def member_count(self, obj: DispatcherPool) -> int:
+        return obj.members.count()
+
+    @admin.display(description="members now")
+    def members_status(self, obj: DispatcherPool) -> str:
+        if not obj.pk:
+            return "Shown once the pool is saved."
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td>"
+            '<td><span class="herald-badge herald-badge--{}">{}</span></td><td>{}</td></tr>',
+            (
+                (
+                    s.member.dispatcher.name,
+                    s.member.priority,
+                    s.sent_last_hour,
+                    s.member.dispatcher.messages_per_hour,
+                    s.budget,
+                    f"{s.share:.0%}",  # format_html escapes to text first
+                    "ok" if s.healthy else "failed",
+                    s.health,
+                    _failover(s.member),
+                )
+                for s in pool_members_status(pool=obj)
+            ),
+        )
+        return format_html(
+            '<table class="herald-table"><thead><tr><th>Dispatcher</th><th>Priority</th>'
+            "<th>Sent last hour / limit</th><th>Budget left</th><th>Share</th>"
+            "<th>Health</th><th>Last failover</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+
+def _failover(member: PoolMember) -> str:
+    if member.last_failover_at is None:
+        return "—"
+    when = timezone.localtime(member.last_failover_at).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{when}: {member.last_failover_reason}"
 
 
 def aligned(from_domain: str, other: str) -> bool:

@@ -121,6 +121,9 @@ class Dispatcher(models.Model):
     # HERALD_DISPATCHER_MAX_FAILURES the dispatcher pauses itself.
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
     last_error = models.CharField(max_length=500, blank=True, editable=False)
+    # A pool member that failed is out of rotation until then (back-off),
+    # instead of pausing: it rejoins by itself once it sends again.
+    retry_after = models.DateTimeField(null=True, blank=True, editable=False)
     delivery_mode = models.CharField(
         max_length=10, choices=DeliveryMode.choices, default=DeliveryMode.SMTP
     )
@@ -205,6 +208,61 @@ class Dispatcher(models.Model):
                 raise ValidationError(
                     {"pickup_directory": "Give the folder to write .eml files to."}
                 )
+
+
+class DispatcherPool(models.Model):
+    """Several dispatchers of one type that a campaign sends through
+    together: each member spends its own limits, in order of priority, and
+    a member that fails is taken out of rotation while the others go on."""
+
+    name = models.CharField("pool name", max_length=100, unique=True)
+    type = models.CharField(
+        "dispatcher type", max_length=5, choices=Dispatcher.Type.choices, default="EMAIL"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "dispatcher pool"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PoolMember(models.Model):
+    pool = models.ForeignKey(DispatcherPool, on_delete=models.CASCADE, related_name="members")
+    dispatcher = models.ForeignKey(
+        Dispatcher, on_delete=models.CASCADE, related_name="pool_memberships"
+    )
+    priority = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text="1 is spent first; members of equal priority share the work.",
+    )
+    last_failover_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_failover_reason = models.CharField(max_length=500, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["priority", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["pool", "dispatcher"], name="pool_member_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dispatcher} in {self.pool}"
+
+    def clean(self) -> None:
+        # The pool may be unsaved yet (added with its members in one form).
+        pool = self._state.fields_cache.get("pool")
+        if pool is None and self.pool_id:
+            pool = self.pool
+        if self.dispatcher_id and pool is not None and self.dispatcher.type != pool.type:
+            raise ValidationError(
+                {
+                    "dispatcher": f"A {pool.type} pool takes {pool.type} dispatchers; "
+                    f"“{self.dispatcher}” is {self.dispatcher.type}."
+                }
+            )
 
 
 class RateUsage(models.Model):

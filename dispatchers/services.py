@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import socket
+from datetime import datetime, timedelta
 
-from jobs.services import notification_resolve
+from django.conf import settings
+from django.utils import timezone
 
-from .models import Dispatcher
+from jobs.services import notification_raise, notification_resolve
+
+from .models import Dispatcher, PoolMember
 
 LOCAL_OUTBOX = "Local outbox"
 
@@ -54,3 +58,40 @@ def dispatcher_resume(*, dispatcher: Dispatcher) -> bool:
     if resumed:
         notification_resolve(key=f"dispatcher:{dispatcher.pk}:paused")
     return resumed
+
+
+def pool_backoff(failures: int) -> timedelta:
+    """How long a failed pool member stays out: doubling from the first
+    delay with each failure in a row, up to the cap."""
+    first = settings.HERALD_POOL_BACKOFF_SECONDS
+    seconds = min(first * 2 ** max(failures - 1, 0), settings.HERALD_POOL_BACKOFF_MAX_SECONDS)
+    return timedelta(seconds=seconds)
+
+
+def pool_member_fail(*, dispatcher: Dispatcher, error: str, now: datetime | None = None) -> bool:
+    """Take a failed pool member out of rotation for its back-off, and say
+    so; False when the dispatcher is in no pool (it is paused instead)."""
+    memberships = PoolMember.objects.filter(dispatcher=dispatcher)
+    if not memberships.exists():
+        return False
+    now = now or timezone.now()
+    delay = pool_backoff(dispatcher.consecutive_failures)
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(retry_after=now + delay)
+    pool_member_record_failover(dispatcher=dispatcher, reason=error, now=now)
+    notification_raise(
+        key=f"dispatcher:{dispatcher.pk}:failover",
+        title=f"Dispatcher {dispatcher.name} is out of its pool's rotation",
+        message=f"{error} Its unsent items went back to the pool for the other members; "
+        f"it is tried again in {int(delay.total_seconds())} seconds.",
+        level="warning",
+    )
+    return True
+
+
+def pool_member_record_failover(
+    *, dispatcher: Dispatcher, reason: str, now: datetime | None = None
+) -> int:
+    """Note on each of the dispatcher's memberships why it left the rotation."""
+    return PoolMember.objects.filter(dispatcher=dispatcher).update(
+        last_failover_at=now or timezone.now(), last_failover_reason=reason[:500]
+    )

@@ -456,6 +456,8 @@ OPERATOR_PERMISSIONS = {
     ("campaigns", "view_batch"),
     ("dispatchers", "view_dispatcher"),
     ("dispatchers", "pause_dispatcher"),
+    ("dispatchers", "view_dispatcherpool"),
+    ("dispatchers", "view_poolmember"),
     ("dispatchers", "view_senderdomain"),
     ("jobs", "view_jobrun"),
     ("jobs", "run_job"),
