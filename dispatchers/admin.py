@@ -97,6 +97,7 @@ class DispatcherAdmin(admin.ModelAdmin):
                     "batch_size",
                     "pacing",
                     "connections",
+                    "retry_failed_after_sending",
                     "delivery_mode",
                     "smtp_server",
                     "helo_name",

@@ -123,6 +123,12 @@ class Dispatcher(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(50)],
         help_text="How many SMTP sessions one batch sends over at once, each reused.",
     )
+    retry_failed_after_sending = models.BooleanField(
+        "set erroneous entries back to unsent after sending",
+        default=False,
+        help_text="When a campaign has sent everything, its failed recipients are tried "
+        "once more before it completes (suppressed and unsubscribed ones stay skipped).",
+    )
     # Batches in a row that could not reach or log in to the server; at
     # HERALD_DISPATCHER_MAX_FAILURES the dispatcher pauses itself.
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
