@@ -258,17 +258,13 @@ def test_an_unreachable_api_puts_the_batch_back(postmark: PostmarkServer) -> Non
 
 def test_test_connection_tells_whether_the_postmark_token_works(postmark: PostmarkServer) -> None:
     good = dispatcher_connection_test(dispatcher=postmark_dispatcher(postmark))
-    bad = dispatcher_connection_test(dispatcher=postmark_dispatcher_named(postmark, "wrong"))
+    bad = dispatcher_connection_test(dispatcher=postmark_dispatcher(postmark, key="wrong"))
 
     assert good.ok is True
     assert "Postmark accepted the API key" in good.message
     assert bad.ok is False
     assert "Postmark refused the API key (401)" in bad.message
     assert [r.path for r in postmark.fake.requests] == ["/server", "/server"]
-
-
-def postmark_dispatcher_named(postmark: PostmarkServer, key: str) -> Dispatcher:
-    return postmark_dispatcher(postmark, key=key)
 
 
 def test_test_connection_says_when_a_provider_cannot_be_checked() -> None:
@@ -280,3 +276,17 @@ def test_test_connection_says_when_a_provider_cannot_be_checked() -> None:
 
     assert report.ok is None
     assert "offers no way to check a key without sending" in report.message
+
+
+def test_the_test_connection_action_shows_the_verdict_in_the_admin(
+    postmark: PostmarkServer, administrator_client: Any
+) -> None:
+    dispatcher = postmark_dispatcher(postmark, key="wrong-token")
+
+    response = administrator_client.post(
+        "/admin/dispatchers/dispatcher/",
+        {"action": "test_connection", "_selected_action": [dispatcher.pk], "index": "0"},
+        follow=True,
+    )
+
+    assert f"{dispatcher.name}: Postmark refused the API key (401)." in response.content.decode()
