@@ -22,6 +22,7 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import botocore.exceptions
 import requests
 from anymail.exceptions import AnymailAPIError, AnymailError, AnymailRecipientsRefused
 from anymail.message import AnymailMessage
@@ -162,7 +163,7 @@ class ApiTransport(Transport):
         try:
             self._connection = get_connection(self.backend, **self.options)
             self._connection.open()
-        except (ImproperlyConfigured, AnymailError) as exc:
+        except (ImproperlyConfigured, AnymailError, botocore.exceptions.BotoCoreError) as exc:
             raise ConnectionLost(
                 f"{self.provider} is not set up: {_detail(exc)}", retry_pointless=True
             ) from exc
@@ -264,7 +265,6 @@ def api_key_check(dispatcher: Dispatcher) -> tuple[bool | None, str]:
 
 def _ses_check(dispatcher: Dispatcher) -> tuple[bool | None, str]:
     import boto3
-    import botocore.exceptions
 
     _, options = backend_options(dispatcher)
     try:

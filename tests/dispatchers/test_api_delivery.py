@@ -5,8 +5,11 @@ server the dispatcher's endpoint URL points at."""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator
 from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -290,3 +293,51 @@ def test_the_test_connection_action_shows_the_verdict_in_the_admin(
     )
 
     assert f"{dispatcher.name}: Postmark refused the API key (401)." in response.content.decode()
+
+
+class _SesV2(BaseHTTPRequestHandler):
+    """Amazon SES v2's SendEmail endpoint: 200 with a MessageId."""
+
+    seen: list[tuple[str, dict[str, str], dict[str, Any]]] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _SesV2.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+        data = json.dumps({"MessageId": "0100018c-ses-id"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_amazon_ses_signs_with_the_access_key_pair_from_the_api_key_field(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    _SesV2.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SesV2)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dispatcher = make_dispatcher(
+            delivery_mode=Dispatcher.DeliveryMode.API,
+            esp_provider="amazon_ses",
+            esp_api_key="AKIDEXAMPLE:wJalrXUtnFEMI",
+            esp_api_url=f"http://127.0.0.1:{server.server_address[1]}",
+        )
+        with ApiTransport.for_dispatcher(dispatcher) as transport:
+            result = send(transport)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert result.outcome is Outcome.ACCEPTED
+    assert result.queue_id == "0100018c-ses-id"
+    ((path, headers, body),) = _SesV2.seen
+    assert path == "/v2/email/outbound-emails"
+    assert "Credential=AKIDEXAMPLE/" in headers["authorization"]
+    assert "wJalrXUtnFEMI" not in json.dumps(headers)
+    assert body["Destination"]["ToAddresses"] == ["ann@example.org"]
