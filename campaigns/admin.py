@@ -8,6 +8,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.response import HttpResponseBase
 from django.template.loader import render_to_string
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
@@ -15,7 +16,7 @@ from django.utils.safestring import SafeString
 
 from dispatchers.models import Dispatcher
 
-from . import services
+from . import resend, services
 from .models import (
     Campaign,
     CampaignItem,
@@ -148,7 +149,7 @@ class CampaignAdmin(admin.ModelAdmin):
         "completed_at",
         "created_by",
     )
-    actions = ("schedule_now", "pause", "resume")
+    actions = ("schedule_now", "pause", "resume", "resend_all", "retry_failed")
 
     def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         fields = [
@@ -239,6 +240,70 @@ class CampaignAdmin(admin.ModelAdmin):
     def resume(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
         n = sum(services.campaign_resume(campaign=c) for c in queryset)
         self.message_user(request, f"Resumed {n} campaign(s).", messages.SUCCESS)
+
+    @admin.action(
+        description="Set all recipients to unsent and send again…", permissions=["change"]
+    )
+    def resend_all(
+        self, request: HttpRequest, queryset: QuerySet[Campaign]
+    ) -> TemplateResponse | None:
+        return self._resend(
+            request,
+            queryset,
+            action="resend_all",
+            count=resend.campaign_items_resettable,
+            run=resend.campaign_items_reset,
+            what="recipients",
+            consequence="Every one of them is sent the campaign again, as a new message. "
+            "Suppressed, unsubscribed and bounced contacts are still skipped.",
+        )
+
+    @admin.action(description="Set erroneous entries back to unsent…", permissions=["change"])
+    def retry_failed(
+        self, request: HttpRequest, queryset: QuerySet[Campaign]
+    ) -> TemplateResponse | None:
+        return self._resend(
+            request,
+            queryset,
+            action="retry_failed",
+            count=resend.campaign_items_failed,
+            run=resend.campaign_failed_retry,
+            what="failed recipients",
+            consequence="They are tried again; those sent already are not.",
+        )
+
+    def _resend(  # type: ignore[no-untyped-def]
+        self, request, queryset, *, action, count, run, what, consequence
+    ) -> TemplateResponse | None:
+        rows = [(c, count(campaign=c).count()) for c in queryset.order_by("name")]
+        total = sum(n for _, n in rows)
+        if request.POST.get("confirm") != str(total):
+            # First pass, or the count changed since the page was shown:
+            # (re)confirm with the number it will really touch.
+            return TemplateResponse(
+                request,
+                "campaigns/confirm_resend.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "opts": self.opts,
+                    "title": f"Set {what} back to unsent",
+                    "question": f"Set {total} {what} of {len(rows)} campaign(s) back to unsent?",
+                    "column": what.capitalize(),
+                    "consequence": consequence,
+                    "rows": rows,
+                    "total": total,
+                    "action": action,
+                    "button": f"Yes, set {total} {what} to unsent",
+                },
+            )
+        done = 0
+        for campaign, _ in rows:
+            try:
+                done += run(campaign=campaign)
+            except ValidationError as exc:
+                self.message_user(request, exc.messages[0], messages.ERROR)
+        self.message_user(request, f"Set {done} {what} back to unsent.", messages.SUCCESS)
+        return None
 
 
 @admin.register(CampaignItem)

@@ -34,6 +34,7 @@ from .messages import (
     verp_address,
 )
 from .models import Batch, Campaign, CampaignItem, Contact, Subscription, Suppression
+from .resend import campaign_failed_retry_after_sending
 from .selectors import campaign_counts
 
 logger = logging.getLogger(__name__)
@@ -739,7 +740,11 @@ def campaigns_complete(*, now: datetime | None = None) -> int:
     finished = Campaign.objects.filter(
         status=Campaign.Status.SENDING, kind=Campaign.Kind.REGULAR
     ).exclude(Exists(live))
-    for campaign in finished:
+    for campaign in finished.select_related("dispatcher"):
+        if campaign.dispatcher.retry_failed_after_sending and (
+            campaign_failed_retry_after_sending(campaign=campaign)
+        ):
+            continue  # the failed ones go out once more first
         counts = campaign_counts(campaign_id=campaign.pk)
         done += (
             Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.SENDING)

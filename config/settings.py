@@ -138,10 +138,12 @@ HERALD_GOOGLE_AUTH_URL = env.str(
 HERALD_GOOGLE_TOKEN_URL = env.str(
     "HERALD_GOOGLE_TOKEN_URL", default="https://oauth2.googleapis.com/token"
 )
-# DNS servers for the SPF/DKIM/DMARC checks of sender domains (IP addresses);
-# empty: the system resolver.
+# DNS servers for the SPF/DKIM/DMARC checks of sender domains and the MX
+# look-ups of direct delivery (IP addresses); empty: the system resolver.
 HERALD_DNS_NAMESERVERS = env.list("HERALD_DNS_NAMESERVERS", default=[])
 HERALD_DNS_PORT = env.int("HERALD_DNS_PORT", default=53)
+# The port direct delivery connects to on recipients' mail servers.
+HERALD_DIRECT_SMTP_PORT = env.int("HERALD_DIRECT_SMTP_PORT", default=25)
 # Send nothing from a dispatcher whose sender domain is not verified.
 HERALD_REQUIRE_VERIFIED_DOMAINS = env.bool("HERALD_REQUIRE_VERIFIED_DOMAINS", default=False)
 # Also offer List-Unsubscribe by mail (unsubscribe+<token>@<bounce domain>).

@@ -18,7 +18,7 @@ from .domains import (
 )
 from .models import Dispatcher, DispatcherPool, PoolMember, SenderDomain
 from .selectors import pool_members_status
-from .services import dispatcher_pause, dispatcher_resume
+from .services import dispatcher_connection_test, dispatcher_pause, dispatcher_resume
 
 
 class DispatcherForm(forms.ModelForm):
@@ -63,12 +63,20 @@ class DispatcherForm(forms.ModelForm):
 @admin.register(Dispatcher)
 class DispatcherAdmin(admin.ModelAdmin):
     form = DispatcherForm
-    list_display = ("name", "type", "server_name", "messages_per_hour", "connections", "state")
+    list_display = (
+        "name",
+        "type",
+        "delivery",
+        "server_name",
+        "messages_per_hour",
+        "connections",
+        "state",
+    )
     list_select_related = ("smtp_server",)
     list_filter = ("type", "delivery_mode", "is_enabled")
     search_fields = ("name", "server_name", "from_email")
     readonly_fields = ("worker_command", "state", "sender_domain_status", "dmarc_alignment")
-    actions = ("pause", "resume")
+    actions = ("pause", "resume", "test_connection")
     fieldsets = (
         (
             None,
@@ -94,10 +102,27 @@ class DispatcherAdmin(admin.ModelAdmin):
                     "block_size",
                     "block_pause_minutes",
                     "connections",
+                    "retry_failed_after_sending",
                     "delivery_mode",
                     "smtp_server",
+                    "helo_name",
                     "pickup_directory",
                 )
+            },
+        ),
+        (
+            "Email service API",
+            {
+                "description": "For the delivery mode “Email service API”: the provider's "
+                "API key is stored encrypted and never shown again.",
+                "fields": ("esp_provider", "esp_api_key", "esp_api_url"),
+            },
+        ),
+        (
+            "File backup",
+            {
+                "description": "On top of any delivery mode: a copy of each sent message.",
+                "fields": ("backup_directory",),
             },
         ),
         (
@@ -163,6 +188,14 @@ class DispatcherAdmin(admin.ModelAdmin):
             ),
         )
 
+    @admin.display(description="delivery mode", ordering="delivery_mode")
+    def delivery(self, obj: Dispatcher) -> str:
+        if obj.delivery_mode == Dispatcher.DeliveryMode.API and obj.esp_provider:
+            return f"Email service API ({obj.get_esp_provider_display()})"
+        if obj.delivery_mode == Dispatcher.DeliveryMode.SMTP and obj.smtp_server:
+            return f"SMTP relay ({obj.smtp_server})"
+        return str(obj.get_delivery_mode_display())
+
     @admin.display(description="state")
     def state(self, obj: Dispatcher) -> str:
         if not obj.is_enabled:
@@ -190,6 +223,14 @@ class DispatcherAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Dispatcher, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
+        if obj.delivery_mode == Dispatcher.DeliveryMode.DIRECT:
+            self.message_user(
+                request,
+                f"Direct delivery needs a static IP address whose PTR (reverse DNS) record "
+                f"is {obj.helo_name}, outgoing port 25 open, and {obj.helo_name} in the SPF "
+                "record of the sender domain; otherwise receivers reject or junk the mail.",
+                messages.WARNING,
+            )
         neighbour = getattr(form, "smtp_server_from", None)
         if neighbour is not None:
             self.message_user(
@@ -207,6 +248,13 @@ class DispatcherAdmin(admin.ModelAdmin):
         reason = f"Paused by {request.user.get_username()}"
         n = sum(dispatcher_pause(dispatcher=d, reason=reason) for d in queryset)
         self.message_user(request, f"Paused {n} dispatcher(s).", messages.SUCCESS)
+
+    @admin.action(description="Test connection", permissions=["change"])
+    def test_connection(self, request: HttpRequest, queryset: QuerySet[Dispatcher]) -> None:
+        for dispatcher in queryset:
+            report = dispatcher_connection_test(dispatcher=dispatcher)
+            level = {True: messages.SUCCESS, False: messages.ERROR, None: messages.INFO}[report.ok]
+            self.message_user(request, f"{dispatcher.name}: {report.message}", level)
 
     @admin.action(description="Resume selected dispatchers", permissions=["pause"])
     def resume(self, request: HttpRequest, queryset: QuerySet[Dispatcher]) -> None:

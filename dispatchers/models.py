@@ -1,15 +1,19 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from smtpservers.encryption import EncryptedTextField
+from smtpservers.encryption import EncryptedTextField, reveal
 from smtpservers.models import SmtpServer
-from smtpservers.validators import validate_header_value
+from smtpservers.validators import validate_header_value, validate_helo_name
+
+from . import providers
+from .transports.backup import validate_backup_path
 
 _DOMAIN = re.compile(
     r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$"
@@ -28,6 +32,30 @@ def validate_server_name(value: str) -> None:
         raise ValidationError(
             "A computer name has only letters, digits and hyphens, and no spaces.",
             code="invalid",
+        )
+
+
+def validate_api_url(value: str) -> None:
+    """An email service's API URL: https, since the API key travels with
+    every request (plain http only to this computer, e.g. a local relay)."""
+    validate_header_value(value)
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+    except ValueError:
+        parts, host = None, ""
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        raise ValidationError(
+            "Enter the API's full URL, e.g. https://api.eu.mailgun.net/v3.", code="invalid_url"
+        )
+    if parts.scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
+        raise ValidationError(
+            "Use https: the API key is sent with every request (http only to localhost).",
+            code="insecure_url",
+        )
+    if parts.username or parts.password:
+        raise ValidationError(
+            "Do not put credentials in the URL; use the API key field.", code="credentials"
         )
 
 
@@ -54,6 +82,8 @@ class Dispatcher(models.Model):
 
     class DeliveryMode(models.TextChoices):
         SMTP = "smtp", "SMTP relay"
+        DIRECT = "direct", "Direct delivery (to each recipient's mail server)"
+        API = "api", "Email service API (SendGrid, Mailgun, Amazon SES, ...)"
         PICKUP = "pickup", "Local outbox (save as .eml files)"
 
     class Pacing(models.TextChoices):
@@ -117,6 +147,12 @@ class Dispatcher(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(50)],
         help_text="How many SMTP sessions one batch sends over at once, each reused.",
     )
+    retry_failed_after_sending = models.BooleanField(
+        "set erroneous entries back to unsent after sending",
+        default=False,
+        help_text="When a campaign has sent everything, its failed recipients are tried "
+        "once more before it completes (suppressed and unsubscribed ones stay skipped).",
+    )
     # Batches in a row that could not reach or log in to the server; at
     # HERALD_DISPATCHER_MAX_FAILURES the dispatcher pauses itself.
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
@@ -125,7 +161,11 @@ class Dispatcher(models.Model):
     # instead of pausing: it rejoins by itself once it sends again.
     retry_after = models.DateTimeField(null=True, blank=True, editable=False)
     delivery_mode = models.CharField(
-        max_length=10, choices=DeliveryMode.choices, default=DeliveryMode.SMTP
+        max_length=10,
+        choices=DeliveryMode.choices,
+        default=DeliveryMode.SMTP,
+        help_text="Direct delivery needs a static IP address whose PTR (reverse DNS) record "
+        "matches the HELO/EHLO name; without one most receivers reject or junk the mail.",
     )
     smtp_server = models.ForeignKey(
         SmtpServer,
@@ -137,6 +177,43 @@ class Dispatcher(models.Model):
     )
     pickup_directory = models.CharField(
         max_length=500, blank=True, help_text="For the local outbox: where .eml files are written."
+    )
+    helo_name = models.CharField(
+        "HELO/EHLO name",
+        max_length=253,
+        blank=True,
+        validators=[validate_helo_name],
+        help_text="Direct delivery: the host name Herald announces to receiving servers, "
+        "e.g. mail.example.com. It must match the PTR record of this computer's static IP.",
+    )
+    esp_provider = models.CharField(
+        "email service provider", max_length=20, blank=True, choices=providers.CHOICES
+    )
+    esp_api_key = EncryptedTextField(
+        "API key",
+        blank=True,
+        default="",
+        help_text="Stored encrypted and never shown; leave blank to keep the stored key. "
+        "Amazon SES: access key ID:secret access key. Mailjet: API key:secret key.",
+    )
+    esp_api_url = models.CharField(
+        "endpoint URL",
+        max_length=500,
+        blank=True,
+        validators=[validate_api_url],
+        help_text="Blank: the provider's usual API. For Mailgun EU "
+        "https://api.eu.mailgun.net/v3, SparkPost EU https://api.eu.sparkpost.com/api/v1/, "
+        "Amazon SES the regional endpoint, Postal your server (required).",
+    )
+    backup_directory = models.CharField(
+        "file backup folder",
+        max_length=500,
+        blank=True,
+        validators=[validate_backup_path],
+        help_text="A copy of each sent message is saved here as an .eml file, whatever the "
+        "delivery mode. Placeholders: {campaign} (the campaign number), {subject}, "
+        "{recipient}, {date} (YYYY-MM-DD), e.g. /srv/herald/backup/{date}/{campaign}. "
+        "Blank: no backup.",
     )
     from_email = models.EmailField("e-mail address", blank=True, validators=[validate_header_value])
     from_name = models.CharField(
@@ -208,6 +285,45 @@ class Dispatcher(models.Model):
                 raise ValidationError(
                     {"pickup_directory": "Give the folder to write .eml files to."}
                 )
+            if self.delivery_mode == self.DeliveryMode.DIRECT:
+                self._clean_direct()
+            if self.delivery_mode == self.DeliveryMode.API:
+                self._clean_api()
+
+    def _clean_direct(self) -> None:
+        name = self.helo_name
+        if not name or name.startswith("[") or "." not in name:
+            raise ValidationError(
+                {
+                    "helo_name": "Direct delivery announces this computer's full host name "
+                    "(e.g. mail.example.com), the name its IP address's PTR record gives."
+                }
+            )
+
+    def _clean_api(self) -> None:
+        provider = providers.PROVIDERS.get(self.esp_provider)
+        if provider is None:
+            raise ValidationError({"esp_provider": "Choose the email service to send through."})
+        key = reveal(self.esp_api_key)
+        if not key:
+            raise ValidationError({"esp_api_key": f"Enter the {provider.label} API key."})
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in key):
+            raise ValidationError(
+                {"esp_api_key": "An API key has no spaces, line breaks or control characters."}
+            )
+        if provider.key_pair:
+            first, _, second = key.partition(":")
+            if not first or not second:
+                raise ValidationError(
+                    {
+                        "esp_api_key": f"{provider.label} needs two values: enter them as "
+                        f"{provider.key_pair}."
+                    }
+                )
+        if provider.url_required and not self.esp_api_url:
+            raise ValidationError(
+                {"esp_api_url": f"{provider.label} needs the URL of its API. {provider.url_hint}"}
+            )
 
 
 class DispatcherPool(models.Model):

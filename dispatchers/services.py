@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
 from jobs.services import notification_raise, notification_resolve
+from smtpservers.services import connection_test
 
 from .models import Dispatcher, PoolMember
 
@@ -95,3 +97,30 @@ def pool_member_record_failover(
     return PoolMember.objects.filter(dispatcher=dispatcher).update(
         last_failover_at=now or timezone.now(), last_failover_reason=reason[:500]
     )
+
+
+@dataclass(frozen=True)
+class ConnectionReport:
+    ok: bool | None  # None: this mode or provider cannot be checked
+    message: str
+
+
+def dispatcher_connection_test(*, dispatcher: Dispatcher) -> ConnectionReport:
+    """What "Test connection" shows: whether the relay, or the email
+    service's API key, works, as far as can be told without sending."""
+    mode = dispatcher.delivery_mode
+    if mode == Dispatcher.DeliveryMode.API:
+        from .transports.esp import api_key_check
+
+        ok, message = api_key_check(dispatcher)
+        return ConnectionReport(ok, message)
+    if mode == Dispatcher.DeliveryMode.SMTP and dispatcher.smtp_server is not None:
+        report = connection_test(server=dispatcher.smtp_server)
+        return ConnectionReport(report.ok, report.message)
+    if mode == Dispatcher.DeliveryMode.DIRECT:
+        return ConnectionReport(
+            None,
+            "Direct delivery connects to each recipient's own mail server; there is no "
+            "single server to test.",
+        )
+    return ConnectionReport(None, "The local outbox writes files; there is nothing to connect to.")

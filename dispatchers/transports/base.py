@@ -83,9 +83,25 @@ class Transport:
 
 
 def transport_for(dispatcher: Dispatcher) -> Transport:
+    from .backup import BackupTransport
+
+    transport = _mode_transport(dispatcher)
+    if dispatcher.backup_directory:
+        return BackupTransport(transport, path=dispatcher.backup_directory)
+    return transport
+
+
+def _mode_transport(dispatcher: Dispatcher) -> Transport:
+    from .esp import ApiTransport
+    from .mx import DirectTransport
     from .pickup import PickupTransport
     from .smtp import SmtpTransport
 
-    if dispatcher.delivery_mode == dispatcher.DeliveryMode.PICKUP:
+    mode = dispatcher.delivery_mode
+    if mode == dispatcher.DeliveryMode.PICKUP:
         return PickupTransport(directory=dispatcher.pickup_directory)
+    if mode == dispatcher.DeliveryMode.DIRECT:
+        return DirectTransport(helo_name=dispatcher.helo_name)
+    if mode == dispatcher.DeliveryMode.API:
+        return ApiTransport.for_dispatcher(dispatcher)
     return SmtpTransport(server=dispatcher.smtp_server)

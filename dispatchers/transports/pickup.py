@@ -21,20 +21,29 @@ class PickupTransport(Transport):
             raise ConnectionLost(f"Cannot create outbox folder {self.directory}: {exc}") from exc
 
     def send(self, message: EmailMessage, *, sender: str, recipient: str) -> SendResult:
-        name = _file_name(message)
+        name = file_name(message)
         try:
-            # Write under a temporary name and rename: a pickup reader never
-            # sees half a message, and a rerun overwrites instead of doubling.
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(message_bytes(message))
-            os.replace(tmp, self.directory / name)
+            write_atomically(self.directory, name, message)
         except OSError as exc:
             raise ConnectionLost(f"Cannot write to outbox {self.directory}: {exc}") from exc
         return SendResult(Outcome.ACCEPTED, code=250, text="written", queue_id=name)
 
 
-def _file_name(message: EmailMessage) -> str:
+def write_atomically(directory: Path, name: str, message: EmailMessage) -> None:
+    # Write under a temporary name and rename: a pickup reader never sees
+    # half a message, and a rerun overwrites instead of doubling.
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(message_bytes(message))
+        os.replace(tmp, directory / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_name(message: EmailMessage) -> str:
     msgid = str(message.get("Message-ID", "")).strip("<>")
     safe = "".join(c if c.isalnum() or c in "-._@" else "_" for c in msgid)
+    safe = safe.lstrip(".")[:200]
     return f"{safe or 'message'}.eml"

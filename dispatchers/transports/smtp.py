@@ -73,21 +73,7 @@ class SmtpTransport(Transport):
 
     def send(self, message: EmailMessage, *, sender: str, recipient: str) -> SendResult:
         assert self._client is not None, "open() first"
-        data = message_bytes(message)
-        try:
-            errors, reply = self._run(self._client.sendmail(sender, [recipient], data))
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refused = exc.recipients[0]
-            if refused.code == 421:
-                raise ConnectionLost(_describe(refused)) from exc
-            return result_from_reply(refused.code, refused.message)
-        except aiosmtplib.SMTPResponseException as exc:
-            if exc.code == 421:
-                raise ConnectionLost(_describe(exc)) from exc
-            return result_from_reply(exc.code, exc.message)
-        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-            raise ConnectionLost(_describe(exc), maybe_delivered=True) from exc
-        return result_from_reply(250, reply)
+        return self._run(sendmail(self._client, sender, recipient, message_bytes(message)))
 
     def close(self) -> None:
         if self._client is not None and self._loop is not None:
@@ -100,6 +86,26 @@ class SmtpTransport(Transport):
             self._loop.close()
         self._client = None
         self._loop = None
+
+
+async def sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes) -> SendResult:
+    """One message on an open session. Raises ConnectionLost when the
+    session is gone (421 or a drop); ``maybe_delivered`` says whether the
+    server may already have taken the message."""
+    try:
+        errors, reply = await client.sendmail(sender, [recipient], data)
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        refused = exc.recipients[0]
+        if refused.code == 421:
+            raise ConnectionLost(_describe(refused)) from exc
+        return result_from_reply(refused.code, refused.message)
+    except aiosmtplib.SMTPResponseException as exc:
+        if exc.code == 421:
+            raise ConnectionLost(_describe(exc)) from exc
+        return result_from_reply(exc.code, exc.message)
+    except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+        raise ConnectionLost(_describe(exc), maybe_delivered=True) from exc
+    return result_from_reply(250, reply)
 
 
 def _describe(exc: BaseException) -> str:

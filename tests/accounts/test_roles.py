@@ -247,12 +247,16 @@ def test_dispatcher_actions(
     assert dispatcher.is_enabled is after
 
 
+# Sending a campaign again changes it: for those who may change campaigns.
+SEND_AGAIN = {"resend_all", "retry_failed"}
+
+
 @pytest.mark.parametrize(
     ("role", "offered"),
     [
-        (MARKETER, {"delete_selected", "schedule_now", "pause", "resume"}),
+        (MARKETER, {"delete_selected", "schedule_now", "pause", "resume", *SEND_AGAIN}),
         (OPERATOR, {"pause", "resume"}),
-        (ADMINISTRATOR, {"delete_selected", "schedule_now", "pause", "resume"}),
+        (ADMINISTRATOR, {"delete_selected", "schedule_now", "pause", "resume", *SEND_AGAIN}),
     ],
 )
 def test_campaign_action_bar_offers_only_allowed_actions(
