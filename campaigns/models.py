@@ -260,6 +260,10 @@ class CampaignItem(models.Model):
     smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
     smtp_response = models.CharField(max_length=500, blank=True)
     queue_id = models.CharField(max_length=100, blank=True)
+    # SMS: the last status Twilio reported for the message (queued, sent,
+    # delivered, undelivered, failed); only ever moves forward. A database
+    # default too, as item generation inserts rows in SQL.
+    provider_status = models.CharField(max_length=12, blank=True, default="", db_default="")
     skip_reason = models.CharField(max_length=32, blank=True)
 
     class Meta:
@@ -275,6 +279,8 @@ class CampaignItem(models.Model):
             models.Index(
                 fields=["batch"], condition=Q(status="claimed"), name="item_claimed_batch_idx"
             ),
+            # Twilio's status callbacks find their item by message SID.
+            models.Index(fields=["queue_id"], condition=~Q(queue_id=""), name="item_queue_id_idx"),
         ]
 
     def __str__(self) -> str:
