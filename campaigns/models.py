@@ -132,8 +132,11 @@ class Template(models.Model):
         return self.name
 
     def clean(self) -> None:
-        if not (self.html_body.strip() or self.text_body.strip()):
-            raise ValidationError("Write an HTML body, a plain-text body, or both.")
+        if not (self.html_body.strip() or self.text_body.strip() or self.sms_body.strip()):
+            raise ValidationError(
+                "Write an HTML body, a plain-text body, or both (or an SMS body, for SMS "
+                "campaigns)."
+            )
 
 
 class Campaign(models.Model):
@@ -195,6 +198,25 @@ class Campaign(models.Model):
     def clean(self) -> None:
         if self.kind == self.Kind.AUTORESPONDER and self.autoresponder_delay is None:
             raise ValidationError({"autoresponder_delay": "An autoresponder needs a delay."})
+        if self.dispatcher_id and self.template_id:
+            self._clean_channel()
+
+    def _clean_channel(self) -> None:
+        """The template must have a body for what the dispatcher sends."""
+        template = self.template
+        if self.dispatcher.type == Dispatcher.Type.SMS and not template.sms_body.strip():
+            raise ValidationError(
+                {"template": "The dispatcher sends SMS: choose a template with an SMS body."}
+            )
+        if self.dispatcher.type == Dispatcher.Type.EMAIL and not (
+            template.html_body.strip() or template.text_body.strip()
+        ):
+            raise ValidationError(
+                {
+                    "template": "The dispatcher sends email: choose a template with an HTML or "
+                    "plain-text body."
+                }
+            )
 
     @property
     def is_live(self) -> bool:

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ValidationError
 
-from campaigns.models import Contact
+from campaigns.models import Campaign, Contact, Template
 from campaigns.sms import InvalidPhone, phone_normalise, sms_preview, sms_segments
-from tests.helpers import make_template
+from dispatchers.models import Dispatcher
+from tests.helpers import make_dispatcher, make_template
 
 # --- segments ------------------------------------------------------------------
 
@@ -130,3 +132,36 @@ def test_the_sms_preview_renders_the_body_for_a_contact_with_its_segments() -> N
 
     assert preview.text == f"Hi Zoe, {template.name}: 20% off ✓"
     assert (preview.encoding, preview.segments) == ("UCS-2", 1)  # ✓ is not GSM-7
+
+
+# --- templates and campaigns ------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_template_may_hold_only_an_sms_body() -> None:
+    Template(name="Text only", subject="Doors open", sms_body="Doors open at 9").full_clean()
+
+
+@pytest.mark.django_db
+def test_an_sms_campaign_needs_a_template_with_an_sms_body() -> None:
+    sms = make_dispatcher(type=Dispatcher.Type.SMS, name="Texts")
+    email_only = make_template()
+    campaign = Campaign(name="Alert", template=email_only, dispatcher=sms)
+
+    with pytest.raises(ValidationError) as refused:
+        campaign.full_clean(exclude=["lists"])
+    assert refused.value.message_dict["template"] == [
+        "The dispatcher sends SMS: choose a template with an SMS body."
+    ]
+    campaign.template = make_template(sms_body="Doors open at 9")
+    campaign.full_clean(exclude=["lists"])
+
+
+@pytest.mark.django_db
+def test_an_email_campaign_needs_a_template_with_an_email_body() -> None:
+    text_only = make_template(html_body="", text_body="", sms_body="Doors open at 9")
+    campaign = Campaign(name="News", template=text_only, dispatcher=make_dispatcher())
+
+    with pytest.raises(ValidationError) as refused:
+        campaign.full_clean(exclude=["lists"])
+    assert "choose a template with an HTML or plain-text body" in str(refused.value)
