@@ -40,12 +40,15 @@ from .services import (
     dispatcher_record_failure,
     dispatcher_record_success,
     item_record_result,
+    suppression_add,
 )
 
 S = CampaignItem.Status
 
 # Twilio refuses a body longer than this (error 21617).
 MAX_BODY_CHARS = 1600
+# Twilio's error for a recipient who replied STOP to the sender.
+UNSUBSCRIBED_RECIPIENT = 21610
 
 # --- phone numbers -----------------------------------------------------------
 
@@ -321,6 +324,12 @@ class SmsBatchRun:
             self.lost = exc
             return
         status = item_record_result(item=item, result=result, now=timezone.now())
+        if result.text.startswith(f"Twilio error {UNSUBSCRIBED_RECIPIENT}:"):
+            # The recipient texted STOP to this sender: Twilio will refuse
+            # every later message too, so no campaign should try again.
+            suppression_add(
+                pattern=phone, source=Suppression.Source.UNSUBSCRIBE, reason=result.text
+            )
         if status == S.SENT:
             # Unless a callback got here first (it filters on rank, too).
             CampaignItem.objects.filter(pk=item.pk, provider_status="").update(

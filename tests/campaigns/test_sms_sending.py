@@ -145,6 +145,26 @@ def test_a_messaging_service_sends_when_there_is_no_from_number(twilio: FakeTwil
     assert item_of(campaign, "ann").provider_status == "accepted"
 
 
+def test_a_recipient_who_replied_stop_is_suppressed_for_later_campaigns(
+    twilio: FakeTwilio,
+) -> None:
+    twilio.queued_answers.append(
+        (400, error_body(400, 21610, "Attempt to send to unsubscribed recipient"))
+    )
+    dispatcher = sms_dispatcher()
+    campaign = start(dispatcher, {"ann": "+1 415 555 0100"})
+
+    send_everything(dispatcher)
+
+    ann = item_of(campaign, "ann")
+    assert (ann.status, ann.smtp_response) == (
+        S.FAILED,
+        "Twilio error 21610: Attempt to send to unsubscribed recipient",
+    )
+    suppression = Suppression.objects.get(pattern="+14155550100")
+    assert suppression.source == Suppression.Source.UNSUBSCRIBE
+
+
 @pytest.mark.parametrize("status", [429, 500, 503])
 def test_twilio_busy_or_down_defers_the_message_for_a_later_try(
     twilio: FakeTwilio, status: int
