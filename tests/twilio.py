@@ -9,7 +9,7 @@ response shapes: 201 and the message resource with status "queued"; 401
 error 20003 for wrong credentials; 400 error 21211 for a To number
 Twilio calls invalid; and whatever a test queues (429, 500...).
 
-``signed_callback`` builds a status callback exactly as Twilio signs it
+``twilio_signature`` signs a status callback exactly as Twilio does
 (X-Twilio-Signature: HMAC-SHA1 over the URL and the sorted parameters,
 keyed with the auth token).
 """
@@ -17,6 +17,8 @@ keyed with the auth token).
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import itertools
 import json
 import threading
@@ -26,8 +28,6 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
-
-from twilio.request_validator import RequestValidator
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "f" * 8 + "0123456789abcdef" + "e" * 8
@@ -159,4 +159,10 @@ def callback_params(sid: str, status: str, *, to: str = "", error_code: str = ""
 
 
 def twilio_signature(url: str, params: dict[str, str], token: str = AUTH_TOKEN) -> str:
-    return RequestValidator(token).compute_signature(url, params)
+    """X-Twilio-Signature as Twilio's security docs define it, written out
+    here rather than taken from the library Herald checks it with: the
+    full URL, then each parameter name and value sorted by name, HMAC-SHA1
+    keyed with the auth token, base64."""
+    signed = url + "".join(name + params[name] for name in sorted(params))
+    digest = hmac.new(token.encode(), signed.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()

@@ -240,6 +240,19 @@ def deliver(client: Client, item: CampaignItem, status: str, **extra: str) -> in
     return post_callback(client, url, params, twilio_signature(url, params))
 
 
+def test_the_callbacks_here_are_signed_as_twilios_documentation_signs() -> None:
+    # The example of Twilio's webhook security page.
+    params = {
+        "CallSid": "CA1234567890ABCDE",
+        "Caller": "+14158675309",
+        "Digits": "1234",
+        "From": "+14158675309",
+        "To": "+18005551212",
+    }
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    assert twilio_signature(url, params, "12345") == "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+
+
 def test_a_signed_delivered_callback_marks_the_sms_delivered(client: Client, sent) -> None:
     assert deliver(client, sent, "sent") == 200
     assert deliver(client, sent, "delivered") == 200
