@@ -22,6 +22,7 @@ import hmac
 import itertools
 import json
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -56,6 +57,9 @@ class FakeTwilio:
     # (status, body) answers used before the normal ones, one per request.
     queued_answers: deque[tuple[int, dict[str, Any]]] = field(default_factory=deque)
     refused_auth: int = 0
+    # Seconds to wait before the next answer (the message is created first,
+    # as when Twilio took it and only its answer went missing).
+    delay_next: float = 0.0
     _serial: itertools.count = field(default_factory=lambda: itertools.count(1))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -118,6 +122,8 @@ class TwilioServer:
                 raw = self.rfile.read(length).decode()
                 form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
                 status, body = state.answer(self.path, self.headers.get("Authorization", ""), form)
+                delay, state.delay_next = state.delay_next, 0.0
+                time.sleep(delay)
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")

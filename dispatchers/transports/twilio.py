@@ -44,6 +44,8 @@ _quiet.setLevel(logging.WARNING)
 
 
 class TwilioTransport:
+    timeout = TIMEOUT_SECONDS
+
     def __init__(
         self,
         *,
@@ -63,7 +65,7 @@ class TwilioTransport:
             raise ConnectionLost(
                 "The dispatcher has no Twilio account SID or auth token.", retry_pointless=True
             )
-        http = TwilioHttpClient(timeout=TIMEOUT_SECONDS, logger=_quiet)
+        http = TwilioHttpClient(timeout=self.timeout, logger=_quiet)
         # environment={} would fall back to os.environ inside the library;
         # every setting it reads from there is given explicitly instead.
         client = Client(self.account_sid, self._auth_token, http_client=http)

@@ -12,6 +12,7 @@ from django.test import Client
 from campaigns import services
 from campaigns.models import Campaign, CampaignItem, Contact, ContactList, Subscription, Suppression
 from dispatchers.models import Dispatcher
+from dispatchers.transports.twilio import TwilioTransport
 from jobs.models import Notification
 from tests.helpers import make_campaign, make_dispatcher, make_template
 from tests.twilio import (
@@ -212,6 +213,26 @@ def test_twilio_unreachable_puts_the_batch_back_untouched(settings, twilio: Fake
     assert "Twilio could not be reached" in dispatcher.last_error
 
 
+def test_a_message_whose_answer_never_came_is_sent_again_and_flagged(
+    monkeypatch, twilio: FakeTwilio
+) -> None:
+    monkeypatch.setattr(TwilioTransport, "timeout", 0.5)
+    twilio.delay_next = 2.0
+    dispatcher = sms_dispatcher()
+    campaign = start(dispatcher, {"ann": "+1 415 555 0100"})
+
+    batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+    services.batch_send(batch_id=batch.pk)
+
+    ann = item_of(campaign, "ann")
+    assert (ann.status, ann.possibly_duplicated) == (S.PENDING, True)
+    send_everything(dispatcher)
+    ann.refresh_from_db()
+    assert (ann.status, ann.possibly_duplicated) == (S.SENT, True)
+    assert ann.queue_id == twilio.messages[1]["Sid"]
+    assert [m["To"] for m in twilio.messages] == ["+14155550100"] * 2
+
+
 # --- status callbacks ------------------------------------------------------------
 
 
@@ -324,6 +345,9 @@ def test_an_altered_callback_is_refused_and_changes_nothing(client: Client, sent
     other = sms_dispatcher(name="Other SMS")
     other_url = f"{PUBLIC_URL}/sms/status/{other.pk}/"
     assert post_callback(client, other_url, genuine, signature) == 403
+    # Genuinely signed for the other dispatcher, but about this one's message.
+    failed = {**genuine, "MessageStatus": "failed"}
+    assert post_callback(client, other_url, failed, twilio_signature(other_url, failed)) == 200
     _unchanged(sent)
 
 
