@@ -164,7 +164,16 @@ class SuppressionSerializer(serializers.ModelSerializer):
 class TemplateSerializer(serializers.ModelSerializer):
     class Meta:
         model = Template
-        fields = ["id", "name", "subject", "html_body", "text_body", "created_at", "updated_at"]
+        fields = [
+            "id",
+            "name",
+            "subject",
+            "html_body",
+            "text_body",
+            "sms_body",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["created_at", "updated_at"]
 
 
@@ -172,10 +181,18 @@ class PreviewRequestSerializer(serializers.Serializer):
     contact = serializers.PrimaryKeyRelatedField(queryset=Contact.objects.all())
 
 
+class SmsPreviewSerializer(serializers.Serializer):
+    text = serializers.CharField()
+    encoding = serializers.ChoiceField(choices=["GSM-7", "UCS-2"])
+    segments = serializers.IntegerField()
+
+
 class PreviewSerializer(serializers.Serializer):
     subject = serializers.CharField()
     text = serializers.CharField()
     html = serializers.CharField(allow_null=True)
+    # The SMS tab: null when the template has no SMS body.
+    sms = SmsPreviewSerializer(allow_null=True)
 
 
 class CampaignSerializer(serializers.ModelSerializer):

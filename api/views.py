@@ -19,6 +19,7 @@ from campaigns.messages import MessageBuildError, template_preview
 from campaigns.models import Campaign, CampaignItem, Contact, ContactList, Suppression, Template
 from campaigns.selectors import campaign_counts, campaign_progress
 from campaigns.services import campaign_duplicate
+from campaigns.sms import SmsBuildError, sms_preview
 from dispatchers.models import Dispatcher
 from jobs import services as job_services
 from jobs.models import ON_DEMAND_ONLY, Job, JobRun
@@ -145,11 +146,13 @@ class TemplateViewSet(AdminModelViewSet):
         template = self.get_object()
         payload = s.PreviewRequestSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
+        contact = payload.validated_data["contact"]
         try:
-            preview = template_preview(template=template, contact=payload.validated_data["contact"])
-        except MessageBuildError as exc:
+            preview = template_preview(template=template, contact=contact)
+            sms = sms_preview(template=template, contact=contact) if template.sms_body else None
+        except (MessageBuildError, SmsBuildError) as exc:
             raise serializers.ValidationError({"template": [str(exc)]}) from None
-        return Response(preview.__dict__)
+        return Response({**preview.__dict__, "sms": sms.__dict__ if sms else None})
 
 
 class CampaignViewSet(AdminModelViewSet):

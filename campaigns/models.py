@@ -141,8 +141,11 @@ class Template(models.Model):
         return self.name
 
     def clean(self) -> None:
-        if not (self.html_body.strip() or self.text_body.strip()):
-            raise ValidationError("Write an HTML body, a plain-text body, or both.")
+        if not (self.html_body.strip() or self.text_body.strip() or self.sms_body.strip()):
+            raise ValidationError(
+                "Write an HTML body, a plain-text body, or both (or an SMS body, for SMS "
+                "campaigns)."
+            )
 
 
 DEFAULT_TEXT_FOOTER = """--
@@ -300,8 +303,12 @@ class Campaign(models.Model):
                 raise ValidationError(
                     {"dispatcher": f"Choose one of the members of the pool “{self.pool}”."}
                 )
-        if self.kind != self.Kind.AUTORESPONDER:
-            return
+        if self.dispatcher_id and self.template_id:
+            self._clean_channel()
+        if self.kind == self.Kind.AUTORESPONDER:
+            self._clean_trigger()
+
+    def _clean_trigger(self) -> None:
         if self.trigger == self.Trigger.DATE_ATTRIBUTE:
             if not self.date_attribute:
                 raise ValidationError(
@@ -309,6 +316,23 @@ class Campaign(models.Model):
                 )
         elif self.autoresponder_delay is None:
             raise ValidationError({"autoresponder_delay": "An autoresponder needs a delay."})
+
+    def _clean_channel(self) -> None:
+        """The template must have a body for what the dispatcher sends."""
+        template = self.template
+        if self.dispatcher.type == Dispatcher.Type.SMS and not template.sms_body.strip():
+            raise ValidationError(
+                {"template": "The dispatcher sends SMS: choose a template with an SMS body."}
+            )
+        if self.dispatcher.type == Dispatcher.Type.EMAIL and not (
+            template.html_body.strip() or template.text_body.strip()
+        ):
+            raise ValidationError(
+                {
+                    "template": "The dispatcher sends email: choose a template with an HTML or "
+                    "plain-text body."
+                }
+            )
 
     @property
     def is_live(self) -> bool:
@@ -374,6 +398,10 @@ class CampaignItem(models.Model):
     smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
     smtp_response = models.CharField(max_length=500, blank=True)
     queue_id = models.CharField(max_length=100, blank=True)
+    # SMS: the last status Twilio reported for the message (queued, sent,
+    # delivered, undelivered, failed); only ever moves forward. A database
+    # default too, as item generation inserts rows in SQL.
+    provider_status = models.CharField(max_length=12, blank=True, default="", db_default="")
     skip_reason = models.CharField(max_length=32, blank=True)
     # First human open and click (tracking); machine fetches do not set them.
     opened_at = models.DateTimeField(null=True, blank=True)
@@ -392,6 +420,8 @@ class CampaignItem(models.Model):
             models.Index(
                 fields=["batch"], condition=Q(status="claimed"), name="item_claimed_batch_idx"
             ),
+            # Twilio's status callbacks find their item by message SID.
+            models.Index(fields=["queue_id"], condition=~Q(queue_id=""), name="item_queue_id_idx"),
         ]
 
     def __str__(self) -> str:

@@ -518,6 +518,13 @@ def batch_send(*, batch_id: int) -> int:
         now = timezone.now()
         lease = timedelta(seconds=settings.HERALD_BATCH_LEASE_SECONDS)
         Batch.objects.filter(pk=batch_id).update(started_at=now, lease_expires_at=now + lease)
+        # --- SMS: an SMS dispatcher's batch goes through Twilio (campaigns/sms.py);
+        # everything below builds email. Imported late: sms.py imports this module.
+        if batch.dispatcher.type == Dispatcher.Type.SMS:
+            from .sms import sms_batch_run
+
+            return sms_batch_run(batch=batch)
+        # --- end SMS
         _synchronous_commit(False)
         try:
             run = _BatchRun(batch)

@@ -149,6 +149,11 @@ HERALD_REQUIRE_VERIFIED_DOMAINS = env.bool("HERALD_REQUIRE_VERIFIED_DOMAINS", de
 # Also offer List-Unsubscribe by mail (unsubscribe+<token>@<bounce domain>).
 # Turn on only when that domain's mail reaches a bounce mailbox Herald reads.
 HERALD_LIST_UNSUBSCRIBE_MAILTO = env.bool("HERALD_LIST_UNSUBSCRIBE_MAILTO", default=False)
+# SMS: the region (ISO 3166 code, e.g. GB) of contacts' phone numbers
+# written without a +country code; empty: such numbers are refused.
+HERALD_SMS_DEFAULT_REGION = env.str("HERALD_SMS_DEFAULT_REGION", default="").upper()
+# Twilio's REST API (changed only to test against a local stand-in).
+HERALD_TWILIO_API_URL = env.str("HERALD_TWILIO_API_URL", default="https://api.twilio.com")
 
 # Shared by every web process (the API's per-token rate limit counts in it):
 # Redis when there is one, this process's memory otherwise (make run).

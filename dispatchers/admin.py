@@ -16,7 +16,7 @@ from .domains import (
     sender_domain_unarchive,
     sender_domain_verify,
 )
-from .models import Dispatcher, DispatcherPool, PoolMember, SenderDomain
+from .models import Dispatcher, DispatcherPool, PoolMember, SenderDomain, validate_auth_token
 from .selectors import pool_members_status
 from .services import dispatcher_connection_test, dispatcher_pause, dispatcher_resume
 
@@ -59,6 +59,12 @@ class DispatcherForm(forms.ModelForm):
                 self.smtp_server_from = neighbour
         return cleaned
 
+    def clean_twilio_auth_token(self) -> str:
+        token = (self.cleaned_data.get("twilio_auth_token") or "").strip()
+        if token:  # blank keeps the stored token
+            validate_auth_token(token)
+        return token
+
 
 @admin.register(Dispatcher)
 class DispatcherAdmin(admin.ModelAdmin):
@@ -75,7 +81,13 @@ class DispatcherAdmin(admin.ModelAdmin):
     list_select_related = ("smtp_server",)
     list_filter = ("type", "delivery_mode", "is_enabled")
     search_fields = ("name", "server_name", "from_email")
-    readonly_fields = ("worker_command", "state", "sender_domain_status", "dmarc_alignment")
+    readonly_fields = (
+        "worker_command",
+        "state",
+        "sender_domain_status",
+        "dmarc_alignment",
+        "status_callback_url",
+    )
     actions = ("pause", "resume", "test_connection")
     fieldsets = (
         (
@@ -128,16 +140,49 @@ class DispatcherAdmin(admin.ModelAdmin):
         (
             "Login information",
             {
+                "classes": ("herald-email",),
                 "fields": (
                     "from_email",
                     "sender_domain_status",
                     "dmarc_alignment",
                     "from_name",
                     "reply_to",
-                )
+                ),
+            },
+        ),
+        (
+            "SMS (Twilio)",
+            {
+                "classes": ("herald-sms",),
+                "description": "For SMS dispatchers: the Twilio account that sends, from "
+                "Twilio Console's Account Info, and who sends: a from number or a "
+                "messaging service.",
+                "fields": (
+                    "twilio_account_sid",
+                    "twilio_auth_token",
+                    "sms_from_number",
+                    "twilio_messaging_service_sid",
+                    "status_callback_url",
+                ),
             },
         ),
     )
+
+    class Media:
+        js = ("dispatchers/dispatcher_form.js",)
+
+    @admin.display(description="status callback URL")
+    def status_callback_url(self, obj: Dispatcher) -> str:
+        # campaigns owns the callback view; read lazily (it imports this app).
+        from campaigns.sms import status_callback_url
+
+        if not obj.pk:
+            return "Shown once the dispatcher is saved."
+        return format_html(
+            '<code>{}</code><br><span class="herald-sub">Herald sends it with every message; '
+            "Twilio reports each message's delivery there, signed with the auth token.</span>",
+            status_callback_url(dispatcher_id=obj.pk),
+        )
 
     @admin.display(description="sender domain")
     def sender_domain_status(self, obj: Dispatcher) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+import phonenumbers
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -20,6 +21,13 @@ _DOMAIN = re.compile(
 )
 _SELECTOR = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _COMPUTER_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_ACCOUNT_SID = re.compile(r"^AC[0-9a-f]{32}$")
+_MESSAGING_SERVICE_SID = re.compile(r"^MG[0-9a-f]{32}$")
+_AUTH_TOKEN = re.compile(r"^[0-9a-f]{32}$")
+_SHORT_CODE = re.compile(r"^[0-9]{3,8}$")
+# Twilio's alphanumeric sender ID: up to 11 letters, digits and spaces, at
+# least one letter (all digits would read as a phone number).
+_ALPHANUMERIC_SENDER = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
 
 
 def validate_server_name(value: str) -> None:
@@ -56,6 +64,58 @@ def validate_api_url(value: str) -> None:
     if parts.username or parts.password:
         raise ValidationError(
             "Do not put credentials in the URL; use the API key field.", code="credentials"
+        )
+
+
+def validate_account_sid(value: str) -> None:
+    if not _ACCOUNT_SID.match(value):
+        raise ValidationError(
+            "A Twilio account SID is AC followed by 32 hexadecimal characters "
+            "(Twilio Console, Account Info).",
+            code="invalid_account_sid",
+        )
+
+
+def validate_messaging_service_sid(value: str) -> None:
+    if not _MESSAGING_SERVICE_SID.match(value):
+        raise ValidationError(
+            "A messaging service SID is MG followed by 32 hexadecimal characters "
+            "(Twilio Console, Messaging, Services).",
+            code="invalid_messaging_service_sid",
+        )
+
+
+def validate_auth_token(value: str) -> None:
+    if not _AUTH_TOKEN.match(value):
+        raise ValidationError(
+            "A Twilio auth token is 32 hexadecimal characters (Twilio Console, Account Info).",
+            code="invalid_auth_token",
+        )
+
+
+def validate_sms_sender(value: str) -> None:
+    """A Twilio phone number in E.164 (+14155550100), a short code, or an
+    alphanumeric sender ID: what Twilio's From accepts."""
+    if value.startswith("+"):
+        try:
+            number = phonenumbers.parse(value, None)
+        except phonenumbers.NumberParseException:
+            number = None
+        if (
+            number is None
+            or not phonenumbers.is_possible_number(number)
+            or value != (phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+        ):
+            raise ValidationError(
+                "Write the from number in E.164 form: + country code and number, no spaces "
+                "(e.g. +14155550100).",
+                code="invalid_from_number",
+            )
+    elif not (_SHORT_CODE.match(value) or _ALPHANUMERIC_SENDER.match(value)):
+        raise ValidationError(
+            "Enter a Twilio phone number in E.164 form (+14155550100), a short code "
+            "(digits only) or an alphanumeric sender ID (up to 11 letters, digits and spaces).",
+            code="invalid_from_number",
         )
 
 
@@ -220,6 +280,32 @@ class Dispatcher(models.Model):
         "sender name", max_length=200, blank=True, validators=[validate_header_value]
     )
     reply_to = models.EmailField(blank=True, validators=[validate_header_value])
+    # SMS through Twilio's Messages API.
+    twilio_account_sid = models.CharField(
+        "account SID", max_length=34, blank=True, validators=[validate_account_sid]
+    )
+    twilio_auth_token = EncryptedTextField(
+        "auth token",
+        null=True,
+        blank=True,
+        help_text="Stored encrypted and never shown. Leave blank to keep the stored token.",
+    )
+    sms_from_number = models.CharField(
+        "from number",
+        max_length=16,
+        blank=True,
+        validators=[validate_sms_sender],
+        help_text="A Twilio phone number in E.164 form (+14155550100), a short code or an "
+        "alphanumeric sender ID. Or leave blank and give a messaging service SID.",
+    )
+    twilio_messaging_service_sid = models.CharField(
+        "messaging service SID",
+        max_length=34,
+        blank=True,
+        validators=[validate_messaging_service_sid],
+        help_text="Twilio picks the sender from the service's pool; used when no from number "
+        "is given.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -289,6 +375,22 @@ class Dispatcher(models.Model):
                 self._clean_direct()
             if self.delivery_mode == self.DeliveryMode.API:
                 self._clean_api()
+        elif self.type == self.Type.SMS:
+            self._clean_sms()
+
+    def _clean_sms(self) -> None:
+        errors = {}
+        if not self.twilio_account_sid:
+            errors["twilio_account_sid"] = "An SMS dispatcher needs the Twilio account SID."
+        if not self.twilio_auth_token:
+            errors["twilio_auth_token"] = "An SMS dispatcher needs the Twilio auth token."
+        if not (self.sms_from_number or self.twilio_messaging_service_sid):
+            errors["sms_from_number"] = (
+                "Give a from number or a messaging service SID: Twilio needs one of them "
+                "to know who sends."
+            )
+        if errors:
+            raise ValidationError(errors)
 
     def _clean_direct(self) -> None:
         name = self.helo_name

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from campaigns.models import Campaign, CampaignItem, Contact
+from campaigns.models import Campaign, CampaignItem, Contact, Template
 
 from .conftest import Cast
 
@@ -101,6 +101,23 @@ def test_a_template_previews_for_a_contact_as_it_would_be_sent(marketer: Any, ca
     preview = marketer.post(url, {"contact": cast.contact.pk}, format="json").json()
     assert preview["subject"] == "Hello Jane"
     assert "Dear Jane" in preview["text"] and "<p>Dear Jane,</p>" in preview["html"]
+
+
+def test_the_preview_shows_the_sms_and_what_it_costs_in_segments(marketer: Any, cast: Cast) -> None:
+    Template.objects.filter(pk=cast.template.pk).update(
+        sms_body="{{ contact.first_name }}, your code is ready: {{ campaign.name }} [1/2]"
+    )
+    url = f"/api/v1/templates/{cast.template.pk}/preview/"
+
+    preview = marketer.post(url, {"contact": cast.contact.pk}, format="json").json()
+
+    assert preview["sms"]["text"].startswith("Jane, your code is ready: ")
+    assert (preview["sms"]["encoding"], preview["sms"]["segments"]) == ("GSM-7", 1)
+
+
+def test_a_template_without_sms_body_previews_no_sms(marketer: Any, cast: Cast) -> None:
+    url = f"/api/v1/templates/{cast.template.pk}/preview/"
+    assert marketer.post(url, {"contact": cast.contact.pk}, format="json").json()["sms"] is None
 
 
 def test_a_preview_that_would_inject_a_header_is_refused(marketer: Any, cast: Cast) -> None:
