@@ -217,6 +217,7 @@ class CampaignSerializer(serializers.ModelSerializer):
             "unique_clicks",
             "lists",
             "dispatcher",
+            "pool",
             "status",
             "scheduled_at",
             "paused_reason",
@@ -248,6 +249,9 @@ class CampaignSerializer(serializers.ModelSerializer):
                     ("autoresponder_delay", None),
                     ("trigger", Campaign.Trigger.LIST_JOINED),
                     ("date_attribute", ""),
+                    ("dispatcher", None),
+                    ("pool", None),
+                    ("template", None),
                 )
             }
         )

@@ -126,3 +126,23 @@ def test_a_preview_that_would_inject_a_header_is_refused(marketer: Any, cast: Ca
     response = marketer.post(url, {"contact": cast.contact.pk}, format="json")
     assert response.status_code == 400
     assert "template" in response.json()["details"]
+
+
+def test_a_pooled_campaign_must_use_a_member_of_its_pool(marketer: Any, cast: Cast) -> None:
+    from dispatchers.models import DispatcherPool, PoolMember
+
+    pool = DispatcherPool.objects.create(name="Pool")
+    body = {
+        "name": "Pooled",
+        "template": cast.template.pk,
+        "dispatcher": cast.dispatcher.pk,
+        "pool": pool.pk,
+        "lists": [cast.contact_list.pk],
+    }
+    refused = marketer.post("/api/v1/campaigns/", body, format="json")
+    assert refused.status_code == 400
+    assert "Choose one of the members of the pool" in str(refused.json()["details"])
+    PoolMember.objects.create(pool=pool, dispatcher=cast.dispatcher)
+    created = marketer.post("/api/v1/campaigns/", body, format="json")
+    assert created.status_code == 201
+    assert created.json()["pool"] == pool.pk
