@@ -109,6 +109,9 @@ class DispatcherAdmin(admin.ModelAdmin):
                 "fields": (
                     "messages_per_hour",
                     "messages_per_day",
+                    "warmup_started_on",
+                    "warmup_first_day",
+                    "warmup_growth",
                     "batch_size",
                     "pacing",
                     "block_size",

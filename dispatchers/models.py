@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import re
+from datetime import date
+from decimal import Decimal
 from urllib.parse import urlsplit
 
 import phonenumbers
@@ -201,6 +203,28 @@ class Dispatcher(models.Model):
         help_text="Optional: at most this many in any 24 hours, whatever the hourly limit "
         "allows (a provider's daily quota).",
     )
+    warmup_started_on = models.DateField(
+        "warm-up started on",
+        null=True,
+        blank=True,
+        help_text="Optional warm-up of a new sending IP address or domain: the first day of "
+        "its schedule. Leave empty for no warm-up.",
+    )
+    warmup_first_day = models.PositiveIntegerField(
+        "warm-up: messages on the first day",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+    )
+    warmup_growth = models.DecimalField(
+        "warm-up: daily growth factor",
+        max_digits=4,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("1.01")), MaxValueValidator(Decimal("10"))],
+        help_text="Each day's cap is the previous day's times this (e.g. 1.5).",
+    )
     connections = models.PositiveSmallIntegerField(
         "parallel connections",
         default=1,
@@ -353,6 +377,17 @@ class Dispatcher(models.Model):
             return f"Sender domain “{domain.domain}” is not verified ({domain.problem})"
         return ""
 
+    def warmup_cap(self, day: date) -> int | None:
+        """The warm-up's cap on messages in the 24 hours up to ``day``, or
+        None once there is no warm-up (or it has not started)."""
+        if not (self.warmup_started_on and self.warmup_first_day and self.warmup_growth):
+            return None
+        days = (day - self.warmup_started_on).days
+        if days < 0:
+            return 0  # scheduled to start later: nothing before it
+        cap = self.warmup_first_day * float(self.warmup_growth) ** days
+        return int(min(cap, 2**31))
+
     def clean(self) -> None:
         if self.pacing == self.Pacing.BLOCKS:
             missing = {
@@ -362,6 +397,14 @@ class Dispatcher(models.Model):
             }
             if missing:
                 raise ValidationError(missing)
+        if self.warmup_started_on and not (self.warmup_first_day and self.warmup_growth):
+            raise ValidationError(
+                {
+                    name: "A warm-up needs its first day's messages and its growth factor."
+                    for name in ("warmup_first_day", "warmup_growth")
+                    if not getattr(self, name)
+                }
+            )
         if self.type == self.Type.EMAIL:
             if not self.from_email:
                 raise ValidationError({"from_email": "An EMAIL dispatcher needs a sender address."})

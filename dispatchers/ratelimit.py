@@ -47,9 +47,17 @@ def rate_budget(*, dispatcher: Dispatcher, now: datetime) -> int:
         budget = min(budget, _spread_budget(dispatcher.messages_per_hour, spent, current))
     if dispatcher.pacing == Dispatcher.Pacing.BLOCKS and dispatcher.block_size:
         budget = min(budget, _block_budget(dispatcher, current))
-    if dispatcher.messages_per_day:
-        budget = min(budget, dispatcher.messages_per_day - _spent_since(dispatcher, current - DAY))
+    daily = _daily_cap(dispatcher, now)
+    if daily is not None:
+        budget = min(budget, daily - _spent_since(dispatcher, current - DAY))
     return max(budget, 0)
+
+
+def _daily_cap(dispatcher: Dispatcher, now: datetime) -> int | None:
+    """The tighter of the daily limit and the warm-up's cap for today."""
+    caps = [dispatcher.messages_per_day, dispatcher.warmup_cap(now.date())]
+    present = [cap for cap in caps if cap is not None]
+    return min(present) if present else None
 
 
 def _spent_since(dispatcher: Dispatcher, start: datetime) -> int:

@@ -5,6 +5,7 @@ stays exact whatever the pacing."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -184,3 +185,28 @@ def test_blocks_need_their_size_and_pause() -> None:
     with pytest.raises(ValidationError) as error:
         dispatcher.clean()
     assert set(error.value.message_dict) == {"block_size", "block_pause_minutes"}
+
+
+def test_a_warm_up_caps_each_day_and_grows_by_its_factor(start: datetime) -> None:
+    start = start.replace(hour=1, minute=0)  # days counted in whole dates, far from midnight
+    dispatcher = pickup_dispatcher(
+        messages_per_hour=1000,
+        batch_size=1000,
+        pacing=FAST,
+        warmup_started_on=start.date(),
+        warmup_first_day=50,
+        warmup_growth=Decimal("2.00"),
+    )
+    backlog(1000, dispatcher)
+
+    assert sum(claim_all(dispatcher, now=start)) == 50  # day 1
+    assert sum(claim_all(dispatcher, now=start + timedelta(hours=12))) == 0
+    assert sum(claim_all(dispatcher, now=start + timedelta(days=1, minutes=1))) == 100  # day 2
+    assert sum(claim_all(dispatcher, now=start + timedelta(days=2, minutes=2))) == 200  # day 3
+
+
+def test_a_warm_up_needs_its_first_day_and_growth() -> None:
+    dispatcher = Dispatcher(type=Dispatcher.Type.SMS, warmup_started_on=timezone.now().date())
+    with pytest.raises(ValidationError) as error:
+        dispatcher.clean()
+    assert set(error.value.message_dict) == {"warmup_first_day", "warmup_growth"}
