@@ -8,6 +8,7 @@ import logging
 import statistics
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -225,6 +226,40 @@ def job_runs_history(*, job: str = "", outcome: str = "") -> QuerySet[JobRun]:
     if outcome:
         runs = runs.filter(outcome=outcome)
     return runs.order_by("-started_at", "-id")
+
+
+# --- messages ----------------------------------------------------------------
+
+TERMINAL = ("sent", "failed", "skipped", "bounced")
+
+
+def messages_totals() -> Counter[tuple[str, str]]:
+    """Messages by (dispatcher name, final outcome)."""
+    from campaigns.models import Campaign, CampaignItem
+
+    totals: Counter[tuple[str, str]] = Counter()
+    # Completed campaigns keep frozen counters (bounces counted among the
+    # failed); only the items of the others are counted, so the rows of
+    # finished campaigns are never scanned.
+    frozen = (
+        Campaign.objects.filter(status=Campaign.Status.COMPLETED)
+        .values("dispatcher__name")
+        .annotate(sent=Sum("sent_count"), failed=Sum("failed_count"), skipped=Sum("skipped_count"))
+        .order_by()
+    )
+    for row in frozen:
+        for outcome in ("sent", "failed", "skipped"):
+            totals[(row["dispatcher__name"], outcome)] += row[outcome] or 0
+    live = (
+        CampaignItem.objects.exclude(campaign__status=Campaign.Status.COMPLETED)
+        .filter(status__in=TERMINAL)
+        .values("campaign__dispatcher__name", "status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for row in live:
+        totals[(row["campaign__dispatcher__name"], row["status"])] += row["n"]
+    return totals
 
 
 # --- dispatchers -------------------------------------------------------------
