@@ -79,6 +79,8 @@ class Notification(models.Model):
     level = models.CharField(max_length=10, choices=Level.choices, default=Level.WARNING)
     title = models.CharField(max_length=200)
     message = models.TextField(blank=True)
+    # Where to fix it (the server, the dispatcher): a path inside Herald.
+    link = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     occurrences = models.PositiveIntegerField(default=1)

@@ -49,10 +49,13 @@ def job_run_record(*, job: str, work: Callable[[], int]) -> int:
     return processed
 
 
-def notification_raise(*, key: str, title: str, message: str = "", level: str = "warning") -> None:
-    """Raise (or repeat) the open notification for ``key``."""
+def notification_raise(
+    *, key: str, title: str, message: str = "", level: str = "warning", link: str = ""
+) -> None:
+    """Raise (or repeat) the open notification for ``key``; ``link`` is the
+    path of the object to look at."""
     logger.warning("notification %s: %s", key, title)
-    fields = {"title": title, "message": message, "level": level}
+    fields = {"title": title, "message": message, "level": level, "link": link}
     open_one = Notification.objects.filter(key=key, resolved_at__isnull=True)
     if open_one.update(occurrences=F("occurrences") + 1, updated_at=timezone.now(), **fields):
         return
