@@ -49,6 +49,7 @@ class SmtpServerAdmin(admin.ModelAdmin):
                     "timeout",
                     "helo_name",
                     "is_active",
+                    "personal_use",
                 )
             },
         ),

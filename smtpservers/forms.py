@@ -119,3 +119,22 @@ class GlobalOptionsForm(forms.ModelForm):
             "gmail_client_id",
             "gmail_client_secret",
         ]
+
+
+class PersonalServerForm(forms.Form):
+    smtp_server = forms.ModelChoiceField(
+        queryset=SmtpServer.objects.none(),
+        required=False,
+        label="SMTP server for my test sends",
+        empty_label="None: test sends use the dispatcher's server",
+        help_text="Only the test sends you make from Herald go through it. Campaigns and "
+        "autoresponders always use their dispatcher's server.",
+        error_messages={
+            "invalid_choice": "That server is not offered as a personal outbound server; "
+            "pick one from the list."
+        },
+    )
+
+    def __init__(self, *args: Any, queryset: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["smtp_server"].queryset = queryset  # type: ignore[attr-defined]

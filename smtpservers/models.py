@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -129,6 +130,13 @@ class SmtpServer(models.Model):
     )
     pop_password = EncryptedTextField("POP3 password", blank=True, default="")
     is_active = models.BooleanField("active", default=True)
+    personal_use = models.BooleanField(
+        "offer as a personal outbound server",
+        default=False,
+        help_text="Users may pick this server for the test sends they make from the UI "
+        "(My outbound server). Campaigns and autoresponders always use their dispatcher's "
+        "server.",
+    )
     connection_ok = models.BooleanField("connection OK", null=True, editable=False)
     connection_status = models.TextField(blank=True, editable=False)
     connection_checked_at = models.DateTimeField("checked at", null=True, editable=False)
@@ -238,3 +246,23 @@ class GlobalOptions(models.Model):
     def load(cls) -> GlobalOptions:
         options, _ = cls.objects.get_or_create(pk=1)
         return options
+
+
+class PersonalServer(models.Model):
+    """The SMTP server a user picked for the test sends they make from the UI
+    (Custom Outbound Email in the products our users come from). Campaigns
+    and autoresponders never read it."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="personal_server"
+    )
+    smtp_server = models.ForeignKey(
+        SmtpServer, on_delete=models.CASCADE, related_name="personal_users"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "personal outbound server"
+
+    def __str__(self) -> str:
+        return f"{self.user} → {self.smtp_server}"

@@ -8,8 +8,10 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, connections, router, transaction
-from django.db.models import ProtectedError, Q
+from django.db.models import ProtectedError, Q, QuerySet
 from django.db.models.deletion import Collector
 from django.urls import reverse
 from django.utils import timezone
@@ -18,7 +20,7 @@ from jobs.models import Notification
 from jobs.services import notification_raise, notification_resolve
 
 from .client import SessionError, session_open, session_quit
-from .models import SmtpServer
+from .models import PersonalServer, SmtpServer
 from .oauth import notification_key as oauth_notification_key
 
 logger = logging.getLogger(__name__)
@@ -221,3 +223,39 @@ def server_record_auth_rejected_from_send(*, server: SmtpServer, error: str) -> 
     thread = threading.Thread(target=write, name="herald-smtp-auth")
     thread.start()
     thread.join()
+
+
+# --- personal outbound server ---------------------------------------------------
+
+
+def personal_servers_offered() -> QuerySet[SmtpServer]:
+    """What a user may pick: active servers an administrator offers for it."""
+    return SmtpServer.objects.filter(is_active=True, personal_use=True).order_by("name")
+
+
+def personal_server_for(*, user: AbstractBaseUser) -> SmtpServer | None:
+    """The server for the test sends ``user`` makes from the UI, or None (use
+    the dispatcher's). A server since deactivated or no longer offered is
+    None too, so a test send never goes where an administrator closed."""
+    if not user.is_authenticated:
+        return None
+    choice = (
+        PersonalServer.objects.filter(
+            user=user, smtp_server__is_active=True, smtp_server__personal_use=True
+        )
+        .select_related("smtp_server")
+        .first()
+    )
+    return choice.smtp_server if choice else None
+
+
+def personal_server_set(*, user: AbstractBaseUser, server: SmtpServer | None) -> None:
+    """Pick ``server`` for ``user``'s test sends, or None to use the dispatcher's."""
+    if server is None:
+        PersonalServer.objects.filter(user=user).delete()
+        return
+    if not personal_servers_offered().filter(pk=server.pk).exists():
+        raise ValidationError(
+            f"“{server.name}” is not offered as a personal outbound server; pick another."
+        )
+    PersonalServer.objects.update_or_create(user=user, defaults={"smtp_server": server})
