@@ -16,7 +16,7 @@ from django.db.models import CharField, Count, F, Func, Max, Value
 from django.utils import timezone
 
 from .models import Job, Notification
-from .selectors import dispatchers_panel, jobs_summary, messages_totals
+from .selectors import dispatchers_panel, jobs_summary, live_campaign_ids, messages_totals
 
 ADDRESS = re.compile(r"<?[^\s<>()\[\]{}\"',;:@]+@[^\s<>()\[\]{}\"',;:@]+>?")
 REDACTED = "<redacted>"
@@ -52,12 +52,13 @@ def error_classes() -> list[dict[str, Any]]:
     """Failed and deferred items of unfinished campaigns grouped by outcome,
     SMTP code and enhanced status code, with the newest reply of each class.
     Completed campaigns keep only frozen counters; their rows are not read."""
-    from campaigns.models import Campaign, CampaignItem
+    from campaigns.models import CampaignItem
 
     S = CampaignItem.Status
     groups = list(
-        CampaignItem.objects.exclude(campaign__status=Campaign.Status.COMPLETED)
-        .filter(status__in=[S.FAILED, S.DEFERRED])
+        CampaignItem.objects.filter(
+            campaign_id__in=live_campaign_ids(), status__in=[S.FAILED, S.DEFERRED]
+        )
         .annotate(
             enhanced=Func(
                 F("smtp_response"), Value(ENHANCED), function="substring", output_field=CharField()
