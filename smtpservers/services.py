@@ -179,7 +179,12 @@ def server_record_auth_rejected(*, server: SmtpServer, error: str) -> list[str]:
         .order_by("name")
         .values_list("name", flat=True)
     )
-    if server.uses_oauth2:
+    if error.startswith("POP3 login rejected"):
+        todo = (
+            "What to do: correct the POP3 account name and password under POP before SMTP, "
+            "use “Test connection”, then resume the dispatchers in the job manager."
+        )
+    elif server.uses_oauth2:
         todo = (
             "What to do: Generate tokens again (open the server and click “Generate tokens”), "
             "then resume the dispatchers in the job manager."

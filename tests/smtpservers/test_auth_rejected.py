@@ -145,3 +145,14 @@ def test_a_successful_connection_test_clears_the_notice(key: str, make_server: A
         assert len(open_notes()) == 1
         assert connection_test(server=server).ok
     assert open_notes() == []
+
+
+@pytest.mark.django_db
+def test_a_rejected_pop3_login_points_at_the_pop3_password(key: str) -> None:
+    server = oauth_server(pop_before_smtp=True)
+    server_record_auth_rejected(
+        server=server, error="POP3 login rejected: -ERR [AUTH] Invalid login"
+    )
+    [note] = open_notes()
+    assert "correct the POP3 account name and password" in note.message
+    assert "Generate tokens" not in note.message
