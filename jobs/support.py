@@ -76,7 +76,9 @@ def error_classes() -> list[dict[str, Any]]:
     }
     classes = []
     for group in sorted(groups, key=lambda g: -g["n"]):
-        item = last[group["last_id"]]
+        item = last.get(group["last_id"])
+        if item is None:
+            continue  # its campaign was deleted between the two reads
         contact = item.contact
         known = [contact.email, contact.email.partition("@")[0], contact.first_name]
         known += [contact.last_name, f"{contact.first_name} {contact.last_name}"]
