@@ -29,3 +29,6 @@ class HistoryFilterForm(forms.Form):
     outcome = forms.ChoiceField(
         choices=[("", "All outcomes"), *JobRun.Outcome.choices], required=False
     )
+    # Keyset cursors: the id of the last (or first) run of the page seen.
+    before = forms.IntegerField(min_value=1, required=False, widget=forms.HiddenInput)
+    after = forms.IntegerField(min_value=1, required=False, widget=forms.HiddenInput)

@@ -79,6 +79,8 @@ class Notification(models.Model):
     level = models.CharField(max_length=10, choices=Level.choices, default=Level.WARNING)
     title = models.CharField(max_length=200)
     message = models.TextField(blank=True)
+    # Where to fix it (the server, the dispatcher): a path inside Herald.
+    link = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     occurrences = models.PositiveIntegerField(default=1)
@@ -124,3 +126,32 @@ class JobAction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.username}: {self.get_action_display()} {self.target}"
+
+
+class SupportToken(models.Model):
+    """Lets support staff read the troubleshooting endpoint. Only the SHA-256
+    of the token is kept (shown once when made); revoking it shuts the door
+    without touching anyone's login."""
+
+    name = models.CharField(
+        max_length=100, help_text="Who uses it, e.g. 'Vendor support, case 1234'."
+    )
+    prefix = models.CharField(max_length=12, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, editable=False
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "troubleshooting token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

@@ -3,13 +3,11 @@ health checks and scrapers, so no login. They show no personal data."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Sum
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from kombu import Connection
@@ -18,7 +16,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .models import Job
-from .selectors import dispatchers_panel, jobs_summary
+from .selectors import dispatchers_panel, jobs_summary, messages_totals
+from .services import support_token_authenticate
+from .support import support_indicators
 
 BROKER_TIMEOUT = 1.0
 
@@ -73,8 +73,6 @@ def readyz(request: HttpRequest) -> HttpResponse:
 
 # --- metrics -----------------------------------------------------------------
 
-TERMINAL = ("sent", "failed", "skipped", "bounced")
-
 
 class HeraldCollector(Collector):
     """Read at scrape time from the database, so every web process gives the
@@ -86,38 +84,12 @@ class HeraldCollector(Collector):
         yield from self._jobs()
 
     def _messages(self) -> Iterator[CounterMetricFamily]:
-        from campaigns.models import Campaign, CampaignItem
-
-        totals: Counter[tuple[str, str]] = Counter()
-        # Completed campaigns keep frozen counters (bounces counted among
-        # the failed); only the items of the others are counted, so the
-        # rows of finished campaigns are never scanned.
-        frozen = (
-            Campaign.objects.filter(status=Campaign.Status.COMPLETED)
-            .values("dispatcher__name")
-            .annotate(
-                sent=Sum("sent_count"), failed=Sum("failed_count"), skipped=Sum("skipped_count")
-            )
-            .order_by()
-        )
-        for row in frozen:
-            for outcome in ("sent", "failed", "skipped"):
-                totals[(row["dispatcher__name"], outcome)] += row[outcome] or 0
-        live = (
-            CampaignItem.objects.exclude(campaign__status=Campaign.Status.COMPLETED)
-            .filter(status__in=TERMINAL)
-            .values("campaign__dispatcher__name", "status")
-            .annotate(n=Count("id"))
-            .order_by()
-        )
-        for row in live:
-            totals[(row["campaign__dispatcher__name"], row["status"])] += row["n"]
         messages = CounterMetricFamily(
             "herald_messages",
             "Messages by dispatcher and final outcome (sent, failed, skipped, bounced).",
             labels=["dispatcher", "outcome"],
         )
-        for (dispatcher, outcome), n in sorted(totals.items()):
+        for (dispatcher, outcome), n in sorted(messages_totals().items()):
             messages.add_metric([dispatcher, outcome], n)
         yield messages
 
@@ -182,3 +154,24 @@ def metrics(request: HttpRequest) -> HttpResponse:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HeraldCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+# --- troubleshooting -----------------------------------------------------------
+
+
+@require_GET
+@never_cache
+def troubleshooting(request: HttpRequest) -> HttpResponse:
+    """Aggregated sending indicators for support staff, behind a token an
+    administrator makes and revokes (Troubleshooting tokens in the admin).
+    No login: support staff have no account; no personal data either."""
+    scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        response = JsonResponse(
+            {"error": "Send a troubleshooting token: Authorization: Bearer <token>."}, status=401
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="herald-troubleshooting"'
+        return response
+    if support_token_authenticate(raw=raw.strip()) is None:
+        return JsonResponse({"error": "This token is unknown or was revoked."}, status=403)
+    return JsonResponse(support_indicators(), json_dumps_params={"indent": 2})

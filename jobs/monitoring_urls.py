@@ -8,4 +8,5 @@ urlpatterns = [
     path("healthz", monitoring.healthz, name="healthz"),
     path("readyz", monitoring.readyz, name="readyz"),
     path("metrics", monitoring.metrics, name="metrics"),
+    path("troubleshooting", monitoring.troubleshooting, name="troubleshooting"),
 ]

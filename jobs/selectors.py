@@ -8,6 +8,7 @@ import logging
 import statistics
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -225,6 +226,115 @@ def job_runs_history(*, job: str = "", outcome: str = "") -> QuerySet[JobRun]:
     if outcome:
         runs = runs.filter(outcome=outcome)
     return runs.order_by("-started_at", "-id")
+
+
+# Counting is capped: an exact COUNT(*) over a month of runs (millions of
+# rows when beat runs every few seconds) read the whole table on each page.
+HISTORY_COUNT_CAP = 10_000
+
+
+@dataclass(frozen=True)
+class RunsPage:
+    runs: list[JobRun]
+    has_older: bool
+    has_newer: bool
+    count: int  # at most HISTORY_COUNT_CAP + 1
+
+    @property
+    def newer_cursor(self) -> int | None:
+        return self.runs[0].pk if self.runs else None
+
+    @property
+    def older_cursor(self) -> int | None:
+        return self.runs[-1].pk if self.runs else None
+
+    @property
+    def count_label(self) -> str:
+        if self.count > HISTORY_COUNT_CAP:
+            return f"more than {HISTORY_COUNT_CAP:,} runs"
+        return f"{self.count:,} run{'' if self.count == 1 else 's'}"
+
+
+def job_runs_page(
+    *,
+    job: str = "",
+    outcome: str = "",
+    before: int | None = None,
+    after: int | None = None,
+    size: int = 50,
+) -> RunsPage:
+    """One page of history, newest first, by keyset: the runs older than the
+    run ``before`` (or newer than ``after``), so a page deep in a month of
+    runs reads no more rows than the first one. A cursor run that was
+    pruned meanwhile starts over from the newest."""
+    runs = job_runs_history(job=job, outcome=outcome)
+    count = runs[: HISTORY_COUNT_CAP + 1].count()
+    cursor = JobRun.objects.filter(pk=before or after).first() if (before or after) else None
+    if cursor is not None and after:
+        newer = Q(started_at__gte=cursor.started_at) & ~Q(
+            started_at=cursor.started_at, id__lte=cursor.pk
+        )
+        found = list(runs.filter(newer).order_by("started_at", "id")[: size + 1])
+        return RunsPage(
+            runs=found[:size][::-1], has_older=True, has_newer=len(found) > size, count=count
+        )
+    has_newer = False
+    if cursor is not None:
+        # Written as a range plus an exclusion, not as an OR: the range is
+        # an index condition, where the OR was a filter over every row read
+        # (87 ms against 0.2 ms 200,000 runs deep).
+        older = Q(started_at__lte=cursor.started_at) & ~Q(
+            started_at=cursor.started_at, id__gte=cursor.pk
+        )
+        runs, has_newer = runs.filter(older), True
+    found = list(runs[: size + 1])
+    return RunsPage(
+        runs=found[:size], has_older=len(found) > size, has_newer=has_newer, count=count
+    )
+
+
+# --- messages ----------------------------------------------------------------
+
+TERMINAL = ("sent", "failed", "skipped", "bounced")
+
+
+def messages_totals() -> Counter[tuple[str, str]]:
+    """Messages by (dispatcher name, final outcome)."""
+    from campaigns.models import Campaign, CampaignItem
+
+    totals: Counter[tuple[str, str]] = Counter()
+    # Completed campaigns keep frozen counters (bounces counted among the
+    # failed); only the items of the others are counted, so the rows of
+    # finished campaigns are never scanned.
+    frozen = (
+        Campaign.objects.filter(status=Campaign.Status.COMPLETED)
+        .values("dispatcher__name")
+        .annotate(sent=Sum("sent_count"), failed=Sum("failed_count"), skipped=Sum("skipped_count"))
+        .order_by()
+    )
+    for row in frozen:
+        for outcome in ("sent", "failed", "skipped"):
+            totals[(row["dispatcher__name"], outcome)] += row[outcome] or 0
+    live = (
+        CampaignItem.objects.filter(campaign_id__in=live_campaign_ids(), status__in=TERMINAL)
+        .values("campaign__dispatcher__name", "status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for row in live:
+        totals[(row["campaign__dispatcher__name"], row["status"])] += row["n"]
+    return totals
+
+
+def live_campaign_ids() -> list[int]:
+    """Campaigns whose items are still counted one by one. Read first and
+    passed as a list: joined on the campaign's status, PostgreSQL scans the
+    whole item table, finished campaigns' rows included; with a list of ids
+    it reads only these campaigns' rows through the campaign index."""
+    from campaigns.models import Campaign
+
+    live = Campaign.objects.exclude(status=Campaign.Status.COMPLETED)
+    return list(live.values_list("pk", flat=True))
 
 
 # --- dispatchers -------------------------------------------------------------

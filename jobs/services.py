@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Callable
 from datetime import datetime
@@ -18,7 +20,7 @@ from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from kombu.exceptions import OperationalError
 
-from .models import ON_DEMAND_ONLY, Job, JobAction, JobRun, Notification
+from .models import ON_DEMAND_ONLY, Job, JobAction, JobRun, Notification, SupportToken
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +49,13 @@ def job_run_record(*, job: str, work: Callable[[], int]) -> int:
     return processed
 
 
-def notification_raise(*, key: str, title: str, message: str = "", level: str = "warning") -> None:
-    """Raise (or repeat) the open notification for ``key``."""
+def notification_raise(
+    *, key: str, title: str, message: str = "", level: str = "warning", link: str = ""
+) -> None:
+    """Raise (or repeat) the open notification for ``key``; ``link`` is the
+    path of the object to look at."""
     logger.warning("notification %s: %s", key, title)
-    fields = {"title": title, "message": message, "level": level}
+    fields = {"title": title, "message": message, "level": level, "link": link}
     open_one = Notification.objects.filter(key=key, resolved_at__isnull=True)
     if open_one.update(occurrences=F("occurrences") + 1, updated_at=timezone.now(), **fields):
         return
@@ -254,3 +259,45 @@ def dispatcher_resume_by_hand(*, dispatcher_id: int, user: AbstractBaseUser) -> 
             detail=f"was paused: {dispatcher.paused_reason}" if dispatcher.paused_reason else "",
         )
     return True
+
+
+# --- troubleshooting tokens ---------------------------------------------------
+
+SUPPORT_PREFIX_LENGTH = 8
+
+
+def support_token_hash(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def support_token_create(*, name: str, user: AbstractBaseUser | None) -> tuple[SupportToken, str]:
+    """A new token and its raw value, which is never stored: the caller
+    shows it once."""
+    raw = "hts_" + secrets.token_urlsafe(32)
+    token = SupportToken.objects.create(
+        name=name,
+        prefix=raw[:SUPPORT_PREFIX_LENGTH],
+        key_hash=support_token_hash(raw),
+        created_by=user,
+    )
+    return token, raw
+
+
+def support_token_revoke(*, token: SupportToken) -> bool:
+    revoked = SupportToken.objects.filter(pk=token.pk, revoked_at__isnull=True)
+    return revoked.update(revoked_at=timezone.now()) == 1
+
+
+def support_token_authenticate(*, raw: str) -> SupportToken | None:
+    """The live token with this value, or None (unknown or revoked)."""
+    token = SupportToken.objects.filter(
+        key_hash=support_token_hash(raw), revoked_at__isnull=True
+    ).first()
+    if token is None:
+        return None
+    # At most one write a minute: the admin shows "last used", and a
+    # polling support script should not rewrite the row every time.
+    now = timezone.now()
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        SupportToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token

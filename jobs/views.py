@@ -5,7 +5,6 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import ValidationError
-from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -76,13 +75,13 @@ def job_history(request: HttpRequest) -> HttpResponse:
     form = HistoryFilterForm(request.GET)
     status = 200
     if form.is_valid():
-        runs = selectors.job_runs_history(**form.cleaned_data)
+        page = selectors.job_runs_page(**form.cleaned_data, size=HISTORY_PAGE)
     else:
         status = 400
-        runs = selectors.job_runs_history().none()
-    page = Paginator(runs, HISTORY_PAGE).get_page(request.GET.get("page"))
+        page = selectors.RunsPage(runs=[], has_older=False, has_newer=False, count=0)
     query = request.GET.copy()
-    query.pop("page", None)
+    for cursor in ("before", "after", "page"):
+        query.pop(cursor, None)
     context = {
         **admin.site.each_context(request),
         "title": "Job history",

@@ -49,6 +49,7 @@ class SmtpServerAdmin(admin.ModelAdmin):
                     "timeout",
                     "helo_name",
                     "is_active",
+                    "personal_use",
                 )
             },
         ),
@@ -84,7 +85,7 @@ class SmtpServerAdmin(admin.ModelAdmin):
                     "pop_before_smtp",
                     "pop_host",
                     "pop_port",
-                    "pop_ssl",
+                    "pop_security",
                     "pop_username",
                     "pop_password",
                 ),
@@ -237,7 +238,7 @@ class SmtpServerAdmin(admin.ModelAdmin):
         self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any
     ) -> HttpResponse:
         context["suggested_ports"] = SUGGESTED_PORTS
-        context["pop_ports"] = {"plain": POP_PORTS[False], "ssl": POP_PORTS[True]}
+        context["pop_ports"] = POP_PORTS
         return super().render_change_form(request, context, *args, **kwargs)
 
     def save_model(self, request: HttpRequest, obj: SmtpServer, form: Any, change: bool) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import enum
 import poplib
 import socket
@@ -327,16 +328,19 @@ async def _auth_xoauth2(server: SmtpServer, client: aiosmtplib.SMTP, offered: li
 
 def pop_login(server: SmtpServer) -> None:
     """POP-before-SMTP: log in to the POP3 mailbox and quit, so the SMTP
-    server accepts mail from this address for a while."""
+    server accepts mail from this address for a while. SSL is implicit TLS;
+    TLS is the STLS command (RFC 2595) before the login."""
     address = f"{server.pop_host}:{server.pop_port}"
-    if not server.pop_ssl and not server.allow_insecure_auth:
+    security = server.pop_security
+    if security == server.Security.NONE and not server.allow_insecure_auth:
         raise SessionError(
             Step.POP,
-            "Refused to send the POP3 password over an unencrypted connection. Tick “POP3 "
-            "over SSL”, or tick “Allow login without encryption” if this network is trusted.",
+            "Refused to send the POP3 password over an unencrypted connection. Choose SSL "
+            "or TLS (STLS) as the POP3 type of encryption connection, or tick “Allow login "
+            "without encryption” if this network is trusted.",
         )
     try:
-        if server.pop_ssl:
+        if security == server.Security.SSL:
             pop: poplib.POP3 = poplib.POP3_SSL(
                 server.pop_host,
                 server.pop_port,
@@ -373,22 +377,54 @@ def pop_login(server: SmtpServer) -> None:
             Step.POP, f"Could not connect to the POP3 server {address}: {exc}."
         ) from exc
     try:
+        if security == server.Security.STARTTLS:
+            _pop_stls(pop, server, address)
         pop.user(server.pop_username)
         pop.pass_(reveal(server.pop_password))
         pop.quit()
     except poplib.error_proto as exc:
-        reply = (
-            exc.args[0].decode(errors="replace")
-            if exc.args and isinstance(exc.args[0], bytes)
-            else str(exc)
-        )
-        raise SessionError(Step.POP, f"POP3 login rejected: {reply}", auth_rejected=True) from exc
+        raise SessionError(
+            Step.POP, f"POP3 login rejected: {_pop_reply(exc)}", auth_rejected=True
+        ) from exc
     except (TimeoutError, OSError) as exc:
         raise SessionError(
             Step.POP, f"The POP3 server {address} stopped answering during login ({exc})."
         ) from exc
     finally:
-        pop.close()
+        # A failed STLS handshake leaves the socket half-wrapped; closing it
+        # must not hide the error that says why.
+        with contextlib.suppress(OSError):
+            pop.close()
+
+
+def _pop_reply(exc: poplib.error_proto) -> str:
+    if exc.args and isinstance(exc.args[0], bytes):
+        return exc.args[0].decode(errors="replace")
+    return str(exc)
+
+
+def _pop_stls(pop: poplib.POP3, server: SmtpServer, address: str) -> None:
+    """Upgrade to TLS before the password goes out; any failure stops here."""
+    try:
+        pop.stls(context=tls_context(server))
+    except poplib.error_proto as exc:
+        reply = _pop_reply(exc)
+        if "not supported" in reply:
+            raise SessionError(
+                Step.POP,
+                f"TLS not offered: the POP3 server {address} does not announce STLS. Choose "
+                "SSL if this port speaks implicit TLS (usually 995), or ask the mail "
+                "administrator.",
+            ) from exc
+        raise SessionError(Step.POP, f"The POP3 server refused STLS: {reply}") from exc
+    except ssl.SSLCertVerificationError as exc:
+        raise SessionError(Step.POP, f"POP3 server: {_certificate_failure(exc)}") from exc
+    except ssl.SSLError as exc:
+        raise SessionError(
+            Step.POP,
+            f"The TLS handshake (STLS) with the POP3 server {address} failed "
+            f"({exc.reason or exc}).",
+        ) from exc
 
 
 async def session_quit(client: aiosmtplib.SMTP, server: SmtpServer) -> None:

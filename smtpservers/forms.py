@@ -15,6 +15,13 @@ class OptionalPortField(forms.IntegerField):
         return data not in (None, "") and super().has_changed(initial, data)
 
 
+class OptionalSecurityField(forms.TypedChoiceField):
+    """Blank means no encryption, like an unticked box, and is not a change."""
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        return super().has_changed(initial, data or SmtpServer.Security.NONE)
+
+
 class SmtpServerForm(forms.ModelForm):
     """The admin form: secrets write-only, the password typed twice."""
 
@@ -46,7 +53,7 @@ class SmtpServerForm(forms.ModelForm):
             "pop_before_smtp",
             "pop_host",
             "pop_port",
-            "pop_ssl",
+            "pop_security",
             "pop_username",
             "pop_password",
         ]
@@ -71,6 +78,15 @@ class SmtpServerForm(forms.ModelForm):
             max_value=65535,
             required=False,
         )
+        # Optional like the rest of POP before SMTP: blank is no encryption.
+        self.fields["pop_security"] = OptionalSecurityField(
+            label=self.fields["pop_security"].label,
+            help_text=self.fields["pop_security"].help_text,
+            choices=SmtpServer.Security.choices,
+            empty_value=SmtpServer.Security.NONE,
+            initial=SmtpServer.Security.NONE,
+            required=False,
+        )
         self.fields["oauth_access_token"].help_text = (
             "Filled by “Generate tokens”, or paste one. Stored encrypted and never shown; "
             "leave blank to keep it."
@@ -80,7 +96,7 @@ class SmtpServerForm(forms.ModelForm):
         cleaned = super().clean()
         if cleaned.get("pop_port") is None and "pop_port" not in self.errors:
             # Optional like the rest of POP before SMTP: blank is the usual port.
-            cleaned["pop_port"] = POP_PORTS[bool(cleaned.get("pop_ssl"))]
+            cleaned["pop_port"] = POP_PORTS[cleaned.get("pop_security") or "none"]
         password = cleaned.get("password") or ""
         confirm = cleaned.get("password_confirm") or ""
         if password != confirm:
@@ -103,3 +119,22 @@ class GlobalOptionsForm(forms.ModelForm):
             "gmail_client_id",
             "gmail_client_secret",
         ]
+
+
+class PersonalServerForm(forms.Form):
+    smtp_server = forms.ModelChoiceField(
+        queryset=SmtpServer.objects.none(),
+        required=False,
+        label="SMTP server for my test sends",
+        empty_label="None: test sends use the dispatcher's server",
+        help_text="Only the test sends you make from Herald go through it. Campaigns and "
+        "autoresponders always use their dispatcher's server.",
+        error_messages={
+            "invalid_choice": "That server is not offered as a personal outbound server; "
+            "pick one from the list."
+        },
+    )
+
+    def __init__(self, *args: Any, queryset: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["smtp_server"].queryset = queryset  # type: ignore[attr-defined]

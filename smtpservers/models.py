@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -17,7 +18,7 @@ from .validators import (
 
 DEFAULT_PORT = 25
 SUGGESTED_PORTS = {"none": 25, "ssl": 465, "starttls": 587}
-POP_PORTS = {False: 110, True: 995}
+POP_PORTS = {"none": 110, "ssl": 995, "starttls": 110}
 
 
 class SmtpServer(models.Model):
@@ -111,16 +112,31 @@ class SmtpServer(models.Model):
     pop_host = models.CharField("POP3 host", max_length=253, blank=True, validators=[validate_host])
     pop_port = models.PositiveIntegerField(
         "POP3 port",
-        default=POP_PORTS[False],
+        default=POP_PORTS["none"],
         validators=[MinValueValidator(1), MaxValueValidator(65535)],
-        help_text="110 by default; usually 995 with SSL.",
+        help_text="110 by default (also with STLS); usually 995 with SSL.",
     )
-    pop_ssl = models.BooleanField("POP3 over SSL", default=False)
+    pop_security = models.CharField(
+        "POP3 type of encryption connection",
+        max_length=10,
+        choices=Security.choices,
+        default=Security.NONE,
+        help_text="SSL: implicit TLS from the first byte (usually port 995). TLS: the "
+        "POP3 STLS command upgrades a plain connection (usually port 110). Verified "
+        "like the SMTP connection (CA bundle, verification setting).",
+    )
     pop_username = models.CharField(
         "POP3 account name", max_length=254, blank=True, validators=[validate_header_value]
     )
     pop_password = EncryptedTextField("POP3 password", blank=True, default="")
     is_active = models.BooleanField("active", default=True)
+    personal_use = models.BooleanField(
+        "offer as a personal outbound server",
+        default=False,
+        help_text="Users may pick this server for the test sends they make from the UI "
+        "(My outbound server). Campaigns and autoresponders always use their dispatcher's "
+        "server.",
+    )
     connection_ok = models.BooleanField("connection OK", null=True, editable=False)
     connection_status = models.TextField(blank=True, editable=False)
     connection_checked_at = models.DateTimeField("checked at", null=True, editable=False)
@@ -161,10 +177,11 @@ class SmtpServer(models.Model):
                 "The mail server is only for OAuth 2.0; leave it blank or choose "
                 "OAuth 2.0 as the authentication type."
             )
-        if self.ca_bundle.strip() and self.security == self.Security.NONE:
+        pop_tls = self.pop_before_smtp and self.pop_security != self.Security.NONE
+        if self.ca_bundle.strip() and self.security == self.Security.NONE and not pop_tls:
             errors["ca_bundle"] = (
-                "A CA bundle is only used with SSL or STARTTLS; choose one of them or "
-                "clear the bundle."
+                "A CA bundle is only used with SSL or STARTTLS (of SMTP or of POP before "
+                "SMTP); choose one of them or clear the bundle."
             )
         if self.pop_before_smtp:
             if not self.pop_host:
@@ -229,3 +246,23 @@ class GlobalOptions(models.Model):
     def load(cls) -> GlobalOptions:
         options, _ = cls.objects.get_or_create(pk=1)
         return options
+
+
+class PersonalServer(models.Model):
+    """The SMTP server a user picked for the test sends they make from the UI
+    (Custom Outbound Email in the products our users come from). Campaigns
+    and autoresponders never read it."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="personal_server"
+    )
+    smtp_server = models.ForeignKey(
+        SmtpServer, on_delete=models.CASCADE, related_name="personal_users"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "personal outbound server"
+
+    def __str__(self) -> str:
+        return f"{self.user} → {self.smtp_server}"

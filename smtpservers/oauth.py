@@ -262,10 +262,10 @@ def _refresh(server: SmtpServer) -> dict[str, Any]:
 
 
 def _refresh_failed(server: SmtpServer, exc: OAuthError) -> None:
-    url = settings.HERALD_PUBLIC_URL + reverse(
-        "admin:smtpservers_smtpserver_change", args=[server.pk]
-    )
+    path = reverse("admin:smtpservers_smtpserver_change", args=[server.pk])
+    url = settings.HERALD_PUBLIC_URL + path
     notification_raise(
+        link=path,
         key=notification_key(server),
         title=f"SMTP server “{server.name}”: the OAuth 2.0 access token could not be refreshed",
         message=f"{exc} Dispatchers using this server cannot send until it is fixed. "

@@ -1,9 +1,11 @@
-"""The OAuth 2.0 callback: where Microsoft and Google send the browser back."""
+"""The OAuth 2.0 callback (where Microsoft and Google send the browser back)
+and each user's personal outbound server."""
 
 from __future__ import annotations
 
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
@@ -11,7 +13,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from .forms import PersonalServerForm
 from .oauth import OAuthError, OAuthStateError, oauth_flow_finish
+from .services import personal_server_for, personal_server_set, personal_servers_offered
 
 
 @require_GET
@@ -33,3 +37,30 @@ def oauth_callback(request: HttpRequest) -> HttpResponse:
         f"refreshed automatically before it expires ({expires:%Y-%m-%d %H:%M}).",
     )
     return HttpResponseRedirect(reverse("admin:smtpservers_smtpserver_change", args=[server.pk]))
+
+
+@login_required
+def personal_server(request: HttpRequest) -> HttpResponse:
+    """My outbound server: the SMTP server for the test sends I make."""
+    current = personal_server_for(user=request.user)
+    offered = personal_servers_offered()
+    form = PersonalServerForm(
+        request.POST or None, queryset=offered, initial={"smtp_server": current}
+    )
+    if request.method == "POST" and form.is_valid():
+        chosen = form.cleaned_data["smtp_server"]
+        personal_server_set(user=request.user, server=chosen)
+        if chosen is None:
+            messages.success(request, "Your test sends use the dispatcher's server.")
+        else:
+            messages.success(request, f"Your test sends go through “{chosen.name}”.")
+        return HttpResponseRedirect(reverse("smtpservers:personal"))
+    context = {
+        **admin.site.each_context(request),
+        "title": "My outbound server",
+        "form": form,
+        "current": current,
+        "offered": offered.exists(),
+    }
+    status = 400 if form.is_bound else 200
+    return render(request, "smtpservers/personal_server.html", context, status=status)

@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING
 import aiosmtplib
 
 from smtpservers.client import SessionError, session_open
-from smtpservers.services import connection_status_record_from_send
+from smtpservers.services import (
+    connection_status_record_from_send,
+    server_record_auth_rejected_from_send,
+)
 
 from .base import ConnectionLost, Outcome, SendResult, Transport, message_bytes
 
@@ -59,9 +62,14 @@ class SmtpTransport(Transport):
             session = self._run(session_open(server))
         except SessionError as exc:
             self.close()
-            connection_status_record_from_send(
-                server=server, ok=False, message=f"Sending failed at {exc.step}: {exc}"
-            )
+            if exc.auth_rejected:
+                # Every dispatcher on the server stops, and the notification
+                # says what to do (Generate tokens again, or the password).
+                server_record_auth_rejected_from_send(server=server, error=str(exc))
+            else:
+                connection_status_record_from_send(
+                    server=server, ok=False, message=f"Sending failed at {exc.step}: {exc}"
+                )
             raise ConnectionLost(str(exc), retry_pointless=exc.auth_rejected) from exc
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             self.close()

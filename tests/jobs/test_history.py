@@ -37,10 +37,48 @@ def test_history_pages_newest_first(runs: None, login: Login) -> None:
     first = client.get(reverse("jobs:history"))
     assert first.status_code == 200
     page = first.context["page"]
-    assert (page.paginator.count, page.paginator.num_pages, len(page.object_list)) == (120, 3, 50)
-    assert page.object_list[0].items_processed == 119
-    last = client.get(reverse("jobs:history"), {"page": 3}).context["page"]
-    assert [r.items_processed for r in last.object_list] == list(range(19, -1, -1))
+    assert (page.count_label, len(page.runs), page.has_older, page.has_newer) == (
+        "120 runs",
+        50,
+        True,
+        False,
+    )
+    assert page.runs[0].items_processed == 119
+    assert f"before={page.older_cursor}" in first.content.decode()
+
+    seen = [r.items_processed for r in page.runs]
+    while page.has_older:
+        page = client.get(reverse("jobs:history"), {"before": page.older_cursor}).context["page"]
+        seen += [r.items_processed for r in page.runs]
+    assert seen == list(range(119, -1, -1))  # every run once, newest first
+    assert page.has_newer
+
+    back = client.get(reverse("jobs:history"), {"after": page.newer_cursor}).context["page"]
+    assert [r.items_processed for r in back.runs] == list(range(69, 19, -1))
+    assert back.has_newer and back.has_older
+
+
+def test_a_deep_page_reads_from_its_cursor(runs: None, login: Login) -> None:
+    oldest_kept = JobRun.objects.order_by("started_at")[5]
+    page = login(OPERATOR).get(reverse("jobs:history"), {"before": oldest_kept.pk}).context["page"]
+    assert [r.items_processed for r in page.runs] == [4, 3, 2, 1, 0]
+    assert not page.has_older
+
+
+def test_a_pruned_cursor_starts_over_from_the_newest(runs: None, login: Login) -> None:
+    gone = JobRun.objects.order_by("started_at")[60]
+    pk = gone.pk
+    gone.delete()
+    page = login(OPERATOR).get(reverse("jobs:history"), {"before": pk}).context["page"]
+    assert page.runs[0].items_processed == 119
+
+
+def test_the_count_is_capped_on_a_long_history(
+    runs: None, login: Login, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("jobs.selectors.HISTORY_COUNT_CAP", 100)
+    html = login(OPERATOR).get(reverse("jobs:history")).content.decode()
+    assert "more than 100 runs" in html
 
 
 def test_history_filters_by_job_and_outcome(runs: None, login: Login) -> None:
@@ -48,24 +86,31 @@ def test_history_filters_by_job_and_outcome(runs: None, login: Login) -> None:
         reverse("jobs:history"), {"job": Job.MARK_COMPLETED.value, "outcome": "failed"}
     )
     page = response.context["page"]
-    assert {(r.job, r.outcome) for r in page.object_list} == {(Job.MARK_COMPLETED, "failed")}
-    assert page.paginator.count == 12
+    assert {(r.job, r.outcome) for r in page.runs} == {(Job.MARK_COMPLETED, "failed")}
+    assert (page.count, page.has_older) == (12, False)
     html = response.content.decode()
     assert "Timeout: relay" in html
-    assert "Page 1 of 1 (12 runs)" in html
+    assert "12 runs" in html
 
 
 def test_the_filter_is_kept_across_pages(runs: None, login: Login) -> None:
     response = login(OPERATOR).get(reverse("jobs:history"), {"job": Job.GENERATE_ITEMS.value})
     html = response.content.decode()
-    assert "job=campaigns.tasks.generate_items&amp;page=2" in html
+    older = response.context["page"].older_cursor
+    assert f"job=campaigns.tasks.generate_items&amp;before={older}" in html
 
 
 def test_a_bad_filter_is_refused(runs: None, login: Login) -> None:
     response = login(OPERATOR).get(reverse("jobs:history"), {"outcome": "exploded"})
     assert response.status_code == 400
     assert "Select a valid choice" in response.content.decode()
-    assert response.context["page"].paginator.count == 0
+    assert response.context["page"].runs == []
+
+
+def test_a_bad_cursor_is_refused(runs: None, login: Login) -> None:
+    response = login(OPERATOR).get(reverse("jobs:history"), {"before": "x"})
+    assert response.status_code == 400
+    assert "Enter a whole number." in response.content.decode()
 
 
 def test_history_is_refused_to_a_marketer(login: Login) -> None:

@@ -38,6 +38,13 @@ def pop3(maildrop: Maildrop) -> Iterator[Pop3Server]:
 
 
 @pytest.fixture
+def pop3_stls(maildrop: Maildrop, pki: Pki) -> Iterator[Pop3Server]:
+    server = Pop3Server(maildrop, tls_context=pki.server_context()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def pop3_ssl(maildrop: Maildrop, pki: Pki) -> Iterator[Pop3Server]:
     server = Pop3Server(maildrop, tls_context=pki.server_context(), implicit_tls=True).start()
     yield server
@@ -109,7 +116,7 @@ def test_pop3_over_ssl_is_verified_with_the_servers_ca_bundle(
             pop3_ssl.port,
             security=SmtpServer.Security.SSL,
             ca_bundle=pki.ca_pem,
-            pop_ssl=True,
+            pop_security=SmtpServer.Security.SSL,
             allow_insecure_auth=False,
         )
         assert connection_test(server=server).ok
@@ -160,7 +167,7 @@ def pop_form(**overrides: str) -> dict[str, str]:
         "pop_before_smtp": "on",
         "pop_host": "pop.example.org",
         "pop_port": "995",
-        "pop_ssl": "on",
+        "pop_security": "ssl",
         "pop_username": "relay-user",
         "pop_password": "pop-Pass-1",
     }
@@ -206,3 +213,88 @@ def test_the_pop3_password_is_write_only_and_encrypted(
         assert "pop-Pass-1" not in cursor.fetchone()[0]
     change = reverse("admin:smtpservers_smtpserver_change", args=[server.pk])
     assert "pop-Pass-1" not in administrator_client.get(change).content.decode()
+
+
+# --- POP3 STARTTLS (STLS) -------------------------------------------------------------
+
+
+def stls_server(make_server: Any, smtp_port: int, pop_port: int, pki: Pki, **fields: Any) -> Any:
+    fields = {
+        "pop_security": SmtpServer.Security.STARTTLS,
+        "ca_bundle": pki.ca_pem,
+        "security": SmtpServer.Security.SSL,
+        "allow_insecure_auth": False,
+        **fields,
+    }
+    return with_pop(make_server, smtp_port, pop_port, **fields)
+
+
+def test_pop3_stls_upgrades_before_the_password_goes_out(
+    make_server: Any, pop3_stls: Pop3Server, pki: Pki
+) -> None:
+    with smtp_server(pki, mode="ssl") as (port, handler):
+        report = connection_test(server=stls_server(make_server, port, pop3_stls.port, pki))
+    assert report.ok, report.message
+    assert report.message.startswith("OK, implicit TLS, POP-before-SMTP login OK.")
+    assert pop3_stls.log == ["CAPA", "STLS", "USER", "PASS ***", "QUIT"]
+    assert len(handler.helo_names) == 1
+
+
+def test_every_sending_session_logs_in_over_pop3_stls_first(
+    make_server: Any, pop3_stls: Pop3Server, pki: Pki
+) -> None:
+    with smtp_server(pki, mode="ssl") as (port, handler):
+        server = stls_server(make_server, port, pop3_stls.port, pki)
+        assert send(server).outcome is Outcome.ACCEPTED
+        assert send(server).outcome is Outcome.ACCEPTED
+    assert pop3_stls.log.count("STLS") == 2
+    assert len(handler.received) == 2
+
+
+def test_a_pop3_server_without_stls_is_refused_before_the_password(
+    make_server: Any, pop3: Pop3Server, pki: Pki
+) -> None:
+    with smtp_server(pki, mode="ssl") as (port, handler):
+        report = connection_test(server=stls_server(make_server, port, pop3.port, pki))
+    assert report.message == (
+        f"Failed at POP-before-SMTP: TLS not offered: the POP3 server 127.0.0.1:{pop3.port} "
+        "does not announce STLS. Choose SSL if this port speaks implicit TLS (usually 995), "
+        "or ask the mail administrator."
+    )
+    assert "PASS ***" not in pop3.log and "USER" not in pop3.log
+    assert handler.helo_names == []
+
+
+def test_pop3_stls_verifies_the_certificate(
+    make_server: Any, pop3_stls: Pop3Server, pki: Pki
+) -> None:
+    with smtp_server(pki, mode="ssl") as (port, handler):
+        server = stls_server(make_server, port, pop3_stls.port, pki, ca_bundle="")
+        report = connection_test(server=server)
+    assert report.message.startswith(
+        "Failed at POP-before-SMTP: POP3 server: Certificate not trusted: unable to get "
+        "local issuer certificate."
+    )
+    assert "PASS ***" not in pop3_stls.log
+    assert handler.helo_names == []
+
+
+def test_the_form_takes_stls_with_the_plain_port_by_default(
+    administrator_client: Client, key: str
+) -> None:
+    response = administrator_client.post(
+        reverse("admin:smtpservers_smtpserver_add"),
+        pop_form(pop_security="starttls", pop_port=""),
+    )
+    assert response.status_code == 302
+    server = SmtpServer.objects.get()
+    assert (server.pop_security, server.pop_port) == ("starttls", 110)
+
+
+def test_an_unknown_pop3_encryption_is_refused(administrator_client: Client, key: str) -> None:
+    response = administrator_client.post(
+        reverse("admin:smtpservers_smtpserver_add"), pop_form(pop_security="tls1.0")
+    )
+    assert response.status_code == 200
+    assert "Select a valid choice." in response.content.decode()
+    assert not SmtpServer.objects.exists()

@@ -40,14 +40,14 @@ document.addEventListener("DOMContentLoaded", () => {
   [verify, auth].forEach((el) => el && el.addEventListener("change", sync));
   sync();
 
-  // POP before SMTP: the port follows "over SSL" while it is a usual one.
+  // POP before SMTP: the port follows its encryption while it is a usual one.
   const popPorts = JSON.parse(($("herald-pop-ports") || {}).textContent || "{}");
-  const popSsl = $("id_pop_ssl");
+  const popSecurity = $("id_pop_security");
   const popPort = $("id_pop_port");
-  if (popSsl && popPort) {
-    popSsl.addEventListener("change", () => {
+  if (popSecurity && popPort) {
+    popSecurity.addEventListener("change", () => {
       if (Object.values(popPorts).map(String).includes(popPort.value)) {
-        popPort.value = popSsl.checked ? popPorts.ssl : popPorts.plain;
+        popPort.value = popPorts[popSecurity.value];
       }
     });
   }
