@@ -14,7 +14,7 @@ class BounceMailboxAdmin(admin.ModelAdmin):
     list_filter = ("protocol", "security", "is_active")
     search_fields = ("name", "host", "username")
     actions = ["test_connection"]
-    readonly_fields = ("last_checked_at", "last_status")
+    readonly_fields = ("last_polled_at", "last_checked_at", "last_status")
     fieldsets = (
         (
             None,
@@ -27,12 +27,14 @@ class BounceMailboxAdmin(admin.ModelAdmin):
                     "security",
                     "verify_certificate",
                     "timeout",
+                    "poll_interval",
                     "is_active",
                 ),
             },
         ),
+        ("Folders (IMAP)", {"fields": ("folder", "move_to_folder")}),
         ("Login information", {"fields": ("username", "password")}),
-        ("Last check", {"fields": ("last_checked_at", "last_status")}),
+        ("Last check", {"fields": ("last_polled_at", "last_checked_at", "last_status")}),
     )
 
     @admin.display(description="Last check", ordering="last_checked_at")

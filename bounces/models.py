@@ -1,3 +1,4 @@
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
@@ -6,10 +7,23 @@ from smtpservers.encryption import EncryptedTextField
 from smtpservers.validators import validate_header_value, validate_host
 
 
+def validate_folder(value: str) -> None:
+    """An IMAP folder name: printable, no line breaks (they would end the
+    IMAP command), no wildcards (they would match other folders)."""
+    validate_header_value(value)
+    if any(ch in value for ch in "*%") or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValidationError(
+            "A folder name cannot contain control characters, * or %.", code="folder"
+        )
+    if value != value.strip():
+        raise ValidationError("A folder name cannot start or end with spaces.", code="folder")
+
+
 class BounceMailbox(models.Model):
     """A dedicated mailbox the process-bounce-email job reads and empties."""
 
     class Protocol(models.TextChoices):
+        IMAP = "imap", "IMAP"
         POP3 = "pop3", "POP3"
 
     class Security(models.TextChoices):
@@ -35,9 +49,30 @@ class BounceMailbox(models.Model):
     timeout = models.PositiveSmallIntegerField(
         "timeout (seconds)", default=30, validators=[MinValueValidator(1), MaxValueValidator(300)]
     )
+    folder = models.CharField(
+        max_length=200,
+        default="INBOX",
+        validators=[validate_folder],
+        help_text="IMAP only: the folder the bounces arrive in.",
+    )
+    move_to_folder = models.CharField(
+        "after processing, move to folder",
+        max_length=200,
+        blank=True,
+        validators=[validate_folder],
+        help_text="IMAP only. Blank: each processed message is deleted. A folder name: "
+        "processed messages are moved there instead (it is created if missing).",
+    )
+    poll_interval = models.PositiveIntegerField(
+        "poll interval (minutes)",
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(1440)],
+        help_text="The mailbox is read when this long has passed since it was last read.",
+    )
     username = models.CharField(max_length=254, validators=[validate_header_value])
     password = EncryptedTextField(blank=True, default="")
     is_active = models.BooleanField("active", default=True)
+    last_polled_at = models.DateTimeField("last read at", null=True, blank=True, editable=False)
     last_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_status = models.CharField(max_length=500, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -50,6 +85,16 @@ class BounceMailbox(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        if self.protocol == self.Protocol.POP3 and self.move_to_folder:
+            raise ValidationError(
+                {"move_to_folder": "POP3 has no folders: leave this blank, or choose IMAP."}
+            )
+        if self.move_to_folder and self.move_to_folder == self.folder:
+            raise ValidationError(
+                {"move_to_folder": "Choose another folder than the one the bounces are read from."}
+            )
 
 
 class Kind(models.TextChoices):

@@ -4,13 +4,22 @@ bounce mailbox that reads it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from bounces.models import BounceMailbox
 
 from .pop3 import Maildrop, Pop3Server
+
+
+def interval_passes(mailbox: BounceMailbox) -> None:
+    """Move the mailbox's last read back by its poll interval: the next run reads it."""
+    BounceMailbox.objects.filter(pk=mailbox.pk).update(
+        last_polled_at=timezone.now() - timedelta(minutes=mailbox.poll_interval)
+    )
 
 
 @pytest.fixture(autouse=True)

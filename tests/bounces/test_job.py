@@ -22,6 +22,7 @@ from jobs.models import Job, JobRun, Notification
 from tests.helpers import make_audience, make_campaign, make_dispatcher, make_smtp_server
 from tests.smtp import Received, SmtpSink
 
+from .conftest import interval_passes
 from .pop3 import Maildrop, Pop3Server
 from .reports import arf, dsn, plain
 
@@ -94,6 +95,7 @@ def test_a_run_that_dies_before_quit_deletes_nothing_and_the_next_records_nothin
     assert JobRun.objects.get().outcome == JobRun.Outcome.FAILED
 
     pop3.fail_on = None
+    interval_passes(mailbox)
     assert services.bounces_process() == 0  # nothing new recorded
 
     assert maildrop.messages == []  # and now deleted
@@ -107,6 +109,7 @@ def test_running_the_job_twice_records_one_bounce(
 ) -> None:
     maildrop.add(dsn(sent["user0@example.org"]))
     services.bounces_process()
+    interval_passes(mailbox)
     services.bounces_process()
     assert Bounce.objects.count() == 1
 
@@ -234,6 +237,7 @@ def test_a_server_without_uidl_is_read_by_message_digest(
     with pytest.raises(services.MailboxError):
         services.bounces_process()
     pop3.fail_on = None
+    interval_passes(mailbox)
     services.bounces_process()
 
     assert maildrop.messages == []
@@ -255,6 +259,25 @@ def test_the_job_is_scheduled_every_minute() -> None:
     task = PeriodicTask.objects.get(name="Process bounce email")
     assert task.task == Job.PROCESS_BOUNCES.value == tasks.process_bounces.name
     assert (task.interval.every, task.interval.period, task.enabled) == (60, "seconds", True)
+
+
+def test_a_mailbox_is_read_only_when_its_poll_interval_has_passed(
+    mailbox: BounceMailbox, maildrop: Maildrop, pop3: Pop3Server
+) -> None:
+    maildrop.add(plain("Automatic reply: Hello", "Away.", Auto_Submitted="auto-replied"))
+    mailbox.poll_interval = 15
+    mailbox.last_polled_at = timezone.now() - timedelta(minutes=14)
+    mailbox.save()
+
+    assert services.bounces_process() == 0
+    assert pop3.log == []  # not even a login
+
+    interval_passes(mailbox)
+    assert services.bounces_process() == 1
+    mailbox.refresh_from_db()
+    assert timezone.now() - mailbox.last_polled_at < timedelta(seconds=5)
+    assert services.bounces_process() == 0  # just read: waits another 15 minutes
+    assert pop3.log.count("USER") == 1
 
 
 def test_a_second_run_at_the_same_time_leaves_the_mailbox_alone(
@@ -285,6 +308,7 @@ def test_a_mail_to_the_list_unsubscribe_address_unsubscribes_and_is_deleted(
     maildrop.add(_mail_to(address))
 
     tasks.process_bounces()
+    interval_passes(mailbox)
     tasks.process_bounces()  # read twice: still one record
 
     assert item_of("user1@example.org").contact.status == Contact.Status.UNSUBSCRIBED
