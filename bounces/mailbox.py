@@ -100,8 +100,8 @@ def xoauth2(username: str, token: str) -> bytes:
     return f"user={username}\x01auth=Bearer {token}\x01\x01".encode()
 
 
-# The access token for an OAuth 2.0 mailbox; set by bounces.oauth so this
-# module does not import the token handling (and tests can see the call).
+# Gives the (fresh) access token of an OAuth 2.0 mailbox; services passes
+# it in, so this module knows nothing of the token handling.
 AccessToken = Callable[[BounceMailbox], str]
 
 
@@ -113,8 +113,10 @@ def session_open(
     (QUIT, EXPUNGE); an exception closes the socket and removes nothing.
     A read-only session (Test connection) removes nothing either way."""
     opener = _imap if mailbox.protocol == BounceMailbox.Protocol.IMAP else _pop3
+    # The token first (it may be refreshed over HTTP), then the connection.
+    token = access_token(mailbox) if access_token is not None else None
     try:
-        with opener(mailbox, access_token, readonly) as session:
+        with opener(mailbox, token, readonly) as session:
             yield session
     except MailboxError:
         raise
@@ -165,9 +167,7 @@ def _pop3_xoauth2(client: poplib.POP3, username: str, token: str) -> None:
 
 
 @contextmanager
-def _pop3(
-    mailbox: BounceMailbox, access_token: AccessToken | None, readonly: bool
-) -> Iterator[Session]:
+def _pop3(mailbox: BounceMailbox, token: str | None, readonly: bool) -> Iterator[Session]:
     if mailbox.security == BounceMailbox.Security.SSL:
         client: poplib.POP3 = poplib.POP3_SSL(
             mailbox.host, mailbox.port, timeout=mailbox.timeout, context=tls_context(mailbox)
@@ -177,8 +177,8 @@ def _pop3(
     try:
         if mailbox.security == BounceMailbox.Security.STARTTLS:
             client.stls(context=tls_context(mailbox))
-        if access_token is not None:
-            _pop3_xoauth2(client, mailbox.username, access_token(mailbox))
+        if token is not None:
+            _pop3_xoauth2(client, mailbox.username, token)
         else:
             client.user(mailbox.username)
             client.pass_(password(mailbox))
@@ -306,9 +306,7 @@ class ImapSession:
 
 
 @contextmanager
-def _imap(
-    mailbox: BounceMailbox, access_token: AccessToken | None, readonly: bool
-) -> Iterator[Session]:
+def _imap(mailbox: BounceMailbox, token: str | None, readonly: bool) -> Iterator[Session]:
     if mailbox.security == BounceMailbox.Security.SSL:
         client: imaplib.IMAP4 = imaplib.IMAP4_SSL(
             mailbox.host, mailbox.port, ssl_context=tls_context(mailbox), timeout=mailbox.timeout
@@ -318,8 +316,7 @@ def _imap(
     try:
         if mailbox.security == BounceMailbox.Security.STARTTLS:
             client.starttls(ssl_context=tls_context(mailbox))
-        if access_token is not None:
-            token = access_token(mailbox)
+        if token is not None:
             client.authenticate("XOAUTH2", lambda _: xoauth2(mailbox.username, token))
         else:
             client.login(mailbox.username, password(mailbox))

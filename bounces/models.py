@@ -4,6 +4,7 @@ from django.db import models
 
 from campaigns.models import Campaign, CampaignItem, Contact
 from smtpservers.encryption import EncryptedTextField
+from smtpservers.models import SmtpServer
 from smtpservers.validators import validate_header_value, validate_host
 
 
@@ -30,6 +31,10 @@ class BounceMailbox(models.Model):
         NONE = "none", "None"
         SSL = "ssl", "SSL (implicit TLS)"
         STARTTLS = "starttls", "TLS (STLS / STARTTLS)"
+
+    class AuthMethod(models.TextChoices):
+        PASSWORD = "password", "Password"
+        OAUTH2 = "oauth2", "OAuth 2.0 (XOAUTH2)"
 
     name = models.CharField(max_length=100, unique=True)
     protocol = models.CharField(max_length=8, choices=Protocol.choices, default=Protocol.POP3)
@@ -69,8 +74,27 @@ class BounceMailbox(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(1440)],
         help_text="The mailbox is read when this long has passed since it was last read.",
     )
+    auth_method = models.CharField(
+        "authentication type",
+        max_length=10,
+        choices=AuthMethod.choices,
+        default=AuthMethod.PASSWORD,
+    )
     username = models.CharField(max_length=254, validators=[validate_header_value])
     password = EncryptedTextField(blank=True, default="")
+    oauth_provider = models.CharField(
+        "mail server (OAuth 2.0)",
+        max_length=10,
+        choices=SmtpServer.OAuthProvider.choices,
+        blank=True,
+        help_text="Save, then “Generate tokens”. Generate them again after changing the "
+        "protocol: Office 365 grants IMAP and POP3 separately.",
+    )
+    oauth_access_token = EncryptedTextField("access token", blank=True, default="")
+    oauth_refresh_token = EncryptedTextField("refresh token", blank=True, default="")
+    oauth_expires_at = models.DateTimeField(
+        "access token expires at", null=True, blank=True, editable=False
+    )
     is_active = models.BooleanField("active", default=True)
     last_polled_at = models.DateTimeField("last read at", null=True, blank=True, editable=False)
     last_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -83,10 +107,34 @@ class BounceMailbox(models.Model):
         verbose_name = "bounce mailbox"
         verbose_name_plural = "bounce mailboxes"
 
+    # For smtpservers.oauth, which refreshes the tokens of mailboxes too.
+    oauth_unavailable = "Bounces in this mailbox are not read until it is fixed."
+
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def uses_oauth2(self) -> bool:
+        return self.auth_method == self.AuthMethod.OAUTH2 and bool(self.oauth_provider)
+
+    @property
+    def oauth_office365_scopes(self) -> list[str]:
+        if self.protocol == self.Protocol.IMAP:
+            return ["https://outlook.office.com/IMAP.AccessAsUser.All"]
+        return ["https://outlook.office.com/POP.AccessAsUser.All"]
+
     def clean(self) -> None:
+        if self.auth_method == self.AuthMethod.OAUTH2 and not self.oauth_provider:
+            raise ValidationError(
+                {"oauth_provider": "Choose the mail server: Office 365 or Gmail."}
+            )
+        if self.auth_method != self.AuthMethod.OAUTH2 and self.oauth_provider:
+            raise ValidationError(
+                {
+                    "oauth_provider": "The mail server is only for OAuth 2.0; leave it blank "
+                    "or choose OAuth 2.0 as the authentication type."
+                }
+            )
         if self.protocol == self.Protocol.POP3 and self.move_to_folder:
             raise ValidationError(
                 {"move_to_folder": "POP3 has no folders: leave this blank, or choose IMAP."}

@@ -25,8 +25,10 @@ from campaigns.models import CampaignItem, Contact, Suppression
 from campaigns.services import contact_unsubscribe, suppression_add
 from jobs.locks import BOUNCE_MAILBOXES, advisory_lock
 from jobs.services import notification_raise, notification_resolve
+from smtpservers.encryption import reveal
+from smtpservers.oauth import OAuthError, oauth_token_refresh
 
-from .mailbox import SESSION_ERRORS, MailboxError, describe, session_open
+from .mailbox import SESSION_ERRORS, AccessToken, MailboxError, describe, session_open
 from .models import Bounce, BounceMailbox, BounceRule, Kind
 from .parsing import Event, Report, Verdict, message_parse
 from .parsing import Kind as EventKind
@@ -47,10 +49,29 @@ class ConnectionReport:
     message: str
 
 
+def access_token(mailbox: BounceMailbox) -> str:
+    """The mailbox's OAuth 2.0 access token, refreshed first when it is
+    about to expire (the token handling of the SMTP servers)."""
+    try:
+        oauth_token_refresh(server=mailbox)
+    except OAuthError as exc:
+        raise MailboxError(f"The OAuth 2.0 access token could not be refreshed: {exc}") from exc
+    token = reveal(mailbox.oauth_access_token)
+    if not token:
+        raise MailboxError(
+            "No OAuth 2.0 token yet: click “Generate tokens” on the mailbox and sign in."
+        )
+    return token
+
+
+def _login(mailbox: BounceMailbox) -> AccessToken | None:
+    return access_token if mailbox.uses_oauth2 else None
+
+
 def connection_test(*, mailbox: BounceMailbox) -> ConnectionReport:
     """Log in and count the waiting messages; deletes nothing."""
     try:
-        with session_open(mailbox, readonly=True) as session:
+        with session_open(mailbox, access_token=_login(mailbox), readonly=True) as session:
             summary = session.summary()
         report = ConnectionReport(True, f"Connected and logged in; {summary}.")
     except MailboxError as exc:
@@ -122,7 +143,7 @@ def _mailbox_read(mailbox: BounceMailbox) -> tuple[int, list[str]]:
     """Record and remove each message; returns how many were recorded and
     why the others were kept."""
     recorded, kept = 0, []
-    with session_open(mailbox) as session:
+    with session_open(mailbox, access_token=_login(mailbox)) as session:
         for listed in session.listing()[:MAX_MESSAGES_PER_RUN]:
             raw = None if listed.uid else session.fetch(listed.ref)
             if raw is None and listed.uid is None:

@@ -189,6 +189,7 @@ def test_the_admin_page_offers_imap_and_refuses_a_folder_for_pop3(client: Client
         "poll_interval": 5,
         "folder": "INBOX",
         "move_to_folder": "Processed",
+        "auth_method": "password",
         "username": "bounces",
         "password": "pw",
     }
