@@ -5,5 +5,6 @@ from . import views
 app_name = "campaigns"
 urlpatterns = [
     path("u/<str:signed>/", views.unsubscribe, name="unsubscribe"),
+    path("subscriptions/<str:signed>/", views.preferences, name="preferences"),
     path("", include("campaigns.import_urls")),
 ]
