@@ -163,7 +163,11 @@ class Bounce(models.Model):
     mailbox = models.ForeignKey(
         BounceMailbox, null=True, on_delete=models.SET_NULL, related_name="bounces"
     )
-    message_uid = models.CharField("mailbox message id", max_length=255)
+    # The email service provider whose webhook reported it; blank for mail
+    # read from a bounce mailbox.
+    provider = models.CharField(max_length=32, blank=True)
+    # The mailbox message (UIDL or digest) or the provider's event id.
+    message_uid = models.CharField("mailbox message or provider event id", max_length=255)
     kind = models.CharField(max_length=16, choices=Kind.choices)
     recipient = models.CharField(max_length=254, blank=True)
     status_code = models.CharField(max_length=16, blank=True)
@@ -188,7 +192,14 @@ class Bounce(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["mailbox", "message_uid", "recipient"], name="bounce_unique_per_message"
-            )
+            ),
+            # Provider webhook events have no mailbox (and NULLs are distinct
+            # in the constraint above): one row per provider event.
+            models.UniqueConstraint(
+                fields=["provider", "message_uid", "recipient"],
+                condition=~models.Q(provider=""),
+                name="bounce_unique_per_event",
+            ),
         ]
         indexes = [models.Index(fields=["contact", "kind", "created_at"])]
 

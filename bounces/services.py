@@ -12,11 +12,13 @@ read is kept in the mailbox and reported on the dashboard.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from anymail.signals import AnymailTrackingEvent
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -310,11 +312,17 @@ def bounce_apply(*, bounce: Bounce) -> str:
     if seen < rule.count:
         return f"{seen} of {rule.count} within {rule.period_days} days"
     complaint = bounce.kind == Kind.COMPLAINT
+    reason = f"{bounce.get_kind_display()} {bounce.status_code} {bounce.diagnostic}".strip()
     suppression_add(
         pattern=contact.email,
         source=Suppression.Source.COMPLAINT if complaint else Suppression.Source.BOUNCE,
-        reason=f"{bounce.get_kind_display()} {bounce.status_code} {bounce.diagnostic}".strip(),
+        reason=reason,
     )
+    if complaint:
+        # A complaint outranks a bounce, whichever came first.
+        Suppression.objects.filter(
+            pattern=contact.email.strip().lower(), source=Suppression.Source.BOUNCE
+        ).update(source=Suppression.Source.COMPLAINT, reason=reason[:255])
     contacts = Contact.objects.filter(pk=contact.pk)
     if rule.action == BounceRule.Action.SUPPRESS_UNSUBSCRIBE:
         status = Contact.Status.COMPLAINED if complaint else Contact.Status.UNSUBSCRIBED
@@ -323,3 +331,108 @@ def bounce_apply(*, bounce: Bounce) -> str:
     status = Contact.Status.COMPLAINED if complaint else Contact.Status.BOUNCED
     contacts.filter(status=Contact.Status.ACTIVE).update(status=status)
     return "suppressed"
+
+
+# --- provider webhooks --------------------------------------------------------
+
+# anymail's normalised event types that change something; deliveries,
+# opens, clicks and deferrals (the provider retries) are answered and not
+# recorded.
+_ESP_UNSUBSCRIBE_REASONS = ("unsubscribed",)
+_ESP_RECORDED = ("bounced", "rejected", "complained", "unsubscribed")
+
+
+def _esp_kind(event: AnymailTrackingEvent) -> str:
+    raw = event.esp_event if isinstance(event.esp_event, dict) else {}
+    if event.event_type == "complained" or event.reject_reason == "spam":
+        return Kind.COMPLAINT
+    if event.event_type == "unsubscribed" or event.reject_reason in _ESP_UNSUBSCRIBE_REASONS:
+        return Kind.UNSUBSCRIBE
+    soft = event.reject_reason == "timed_out" or raw.get("Type") == "SoftBounce"
+    return Kind.SOFT if soft else Kind.HARD
+
+
+def _esp_event_id(provider: str, event: AnymailTrackingEvent) -> str:
+    """The provider's id of the event. Mailgun's event id is unique per day,
+    so with its timestamp; without an id (Postmark deliveries), a digest
+    of the event as the provider sent it."""
+    raw = event.esp_event if isinstance(event.esp_event, dict) else {}
+    data = raw.get("event-data") or {}
+    if provider == "mailgun" and data.get("id"):
+        return f"{data['id']}@{data.get('timestamp', '')}"[:255]
+    if event.event_id:
+        return str(event.event_id)[:255]
+    canonical = json.dumps(raw, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _esp_match(event: AnymailTrackingEvent) -> Match:
+    """The item an event is about: Herald's Message-ID (<token@...>), then
+    the provider's message id recorded at send, then the address."""
+    items = CampaignItem.objects.select_related("contact")
+    message_id = (event.message_id or "").strip()
+    local = message_id.strip("<>").partition("@")[0].lower()
+    if _TOKEN.match(local) and (item := items.filter(token=local).first()):
+        return Match(item, item.contact, "message-id")
+    if message_id:
+        ids = {message_id, message_id.strip("<>")}
+        if item := items.filter(queue_id__in=ids).first():
+            return Match(item, item.contact, "esp-id")
+    recipient = (event.recipient or "").lower()
+    if recipient and (contact := Contact.objects.filter(email__iexact=recipient).first()):
+        return Match(None, contact, "address")
+    return Match(None, None, "")
+
+
+def esp_event_record(*, provider: str, event: AnymailTrackingEvent) -> Bounce | None:
+    """Record one verified provider event and apply the rules, once: a
+    replayed or retried event (same provider id) changes nothing, and
+    events applied in any order leave the same state (statuses only move
+    forward, see bounce_apply)."""
+    if event.event_type not in _ESP_RECORDED:
+        return None
+    kind = _esp_kind(event)
+    match = _esp_match(event)
+    try:
+        with transaction.atomic():
+            bounce = Bounce.objects.create(
+                provider=provider,
+                message_uid=_esp_event_id(provider, event),
+                kind=kind,
+                recipient=(event.recipient or "")[:254],
+                status_code=_status_code(event.mta_response or ""),
+                action=event.event_type[:16],
+                diagnostic="\n".join(
+                    part for part in (event.description, event.mta_response) if part
+                ),
+                matched_by=match.by,
+                item=match.item,
+                campaign_id=match.item.campaign_id if match.item else None,
+                contact=match.contact,
+            )
+            if kind == Kind.UNSUBSCRIBE:
+                bounce.outcome = _esp_unsubscribe(bounce)
+            else:
+                bounce.outcome = bounce_apply(bounce=bounce)
+            bounce.save(update_fields=["outcome"])
+    except IntegrityError:
+        return None  # already recorded: a replay or the provider's retry
+    return bounce
+
+
+_STATUS_CODE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+def _status_code(text: str) -> str:
+    found = _STATUS_CODE.search(text)
+    return found.group(1) if found else ""
+
+
+def _esp_unsubscribe(bounce: Bounce) -> str:
+    if bounce.contact is None:
+        return "no contact matched"
+    # Forward only: a complained contact stays complained.
+    Contact.objects.filter(
+        pk=bounce.contact_id, status__in=(Contact.Status.ACTIVE, Contact.Status.BOUNCED)
+    ).update(status=Contact.Status.UNSUBSCRIBED)
+    return "unsubscribed"

@@ -20,10 +20,9 @@ from campaigns.models import CampaignItem, Contact, Suppression
 from jobs.models import Notification
 from tests.smtp import Received, free_port
 
-from .conftest import interval_passes
+from .conftest import interval_passes, item_of
 from .dovecot import Dovecot
 from .reports import dsn, plain
-from .test_job import item_of, sent  # noqa: F401 - the fixture of mail Herald really sent
 
 pytestmark = pytest.mark.django_db
 S = CampaignItem.Status
@@ -51,7 +50,7 @@ def imap(db: None, dovecot: Dovecot) -> BounceMailbox:
 
 
 def test_a_hard_bounce_is_recorded_and_the_message_deleted(
-    sent: dict[str, Received],  # noqa: F811
+    sent: dict[str, Received],
     imap: BounceMailbox,
     dovecot: Dovecot,
 ) -> None:
@@ -68,7 +67,7 @@ def test_a_hard_bounce_is_recorded_and_the_message_deleted(
 
 
 def test_moved_instead_of_deleted_and_never_recorded_twice(
-    sent: dict[str, Received],  # noqa: F811
+    sent: dict[str, Received],
     imap: BounceMailbox,
     dovecot: Dovecot,
 ) -> None:
@@ -91,7 +90,7 @@ def test_moved_instead_of_deleted_and_never_recorded_twice(
 
 
 def test_what_cannot_be_read_is_kept_unread(
-    sent: dict[str, Received],  # noqa: F811
+    sent: dict[str, Received],
     imap: BounceMailbox,
     dovecot: Dovecot,
 ) -> None:
@@ -106,7 +105,7 @@ def test_what_cannot_be_read_is_kept_unread(
 
 
 def test_a_session_that_breaks_deletes_nothing_and_the_next_run_records_nothing_twice(
-    sent: dict[str, Received],  # noqa: F811
+    sent: dict[str, Received],
     imap: BounceMailbox,
     dovecot: Dovecot,
     monkeypatch: pytest.MonkeyPatch,

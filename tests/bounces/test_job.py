@@ -15,38 +15,17 @@ from django_celery_beat.models import PeriodicTask
 from bounces import services, tasks
 from bounces.models import Bounce, BounceMailbox, BounceRule, Kind
 from bounces.parsing import message_parse
-from campaigns import services as pipeline
-from campaigns.models import Campaign, CampaignItem, Contact, Suppression
+from campaigns.models import CampaignItem, Contact, Suppression
 from jobs.locks import BOUNCE_MAILBOXES
 from jobs.models import Job, JobRun, Notification
-from tests.helpers import make_audience, make_campaign, make_dispatcher, make_smtp_server
-from tests.smtp import Received, SmtpSink
+from tests.smtp import Received
 
-from .conftest import interval_passes
+from .conftest import interval_passes, item_of
 from .pop3 import Maildrop, Pop3Server
 from .reports import arf, dsn, plain
 
 pytestmark = pytest.mark.django_db
 S = CampaignItem.Status
-
-
-@pytest.fixture
-def sent(db: None) -> dict[str, Received]:
-    """Three messages Herald sent for real: recipient -> what the MX got."""
-    with SmtpSink() as sink:
-        dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
-        make_campaign(
-            dispatcher=dispatcher, lists=[make_audience(3)], status=Campaign.Status.SCHEDULED
-        )
-        pipeline.items_generate()
-        while (batch := pipeline.batch_claim(dispatcher_id=dispatcher.pk)) is not None:
-            pipeline.batch_send(batch_id=batch.pk)
-    assert CampaignItem.objects.filter(status=S.SENT).count() == 3
-    return {r.recipients[0]: r for r in sink.received}
-
-
-def item_of(email: str) -> CampaignItem:
-    return CampaignItem.objects.select_related("contact").get(contact__email=email)
 
 
 def test_a_hard_bounce_bounces_the_item_suppresses_the_address_and_is_deleted(

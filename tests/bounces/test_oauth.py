@@ -40,7 +40,6 @@ from tests.smtpservers.servers import Pki, make_pki
 
 from .dovecot import Dovecot
 from .reports import dsn
-from .test_job import sent  # noqa: F401 - the fixture of mail Herald really sent
 
 pytestmark = pytest.mark.django_db
 
@@ -160,7 +159,7 @@ def expiring(dovecot: Dovecot, idp: Provider, provider: str, protocol: str) -> B
 @pytest.mark.parametrize("protocol", ["imap", "pop3"])
 @pytest.mark.parametrize("provider", [OFFICE365, GMAIL])
 def test_the_job_refreshes_the_token_and_logs_in_by_xoauth2(
-    sent: dict[str, Received],  # noqa: F811
+    sent: dict[str, Received],
     dovecot: Dovecot,
     introspection: Introspection,
     idp: Provider,
