@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -59,6 +61,13 @@ class BounceMailboxAdmin(admin.ModelAdmin):
         if mailbox.last_checked_at is None:
             return "Not read yet"
         return f"{mailbox.last_checked_at:%Y-%m-%d %H:%M}: {mailbox.last_status}"
+
+    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, **kwargs)
+        form.base_fields[
+            "port"
+        ].help_text = "IMAP: 993 with SSL, 143 otherwise. POP3: 995 with SSL, 110 otherwise."
+        return form
 
     def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view

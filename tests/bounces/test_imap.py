@@ -192,6 +192,9 @@ def test_the_admin_page_offers_imap_and_refuses_a_folder_for_pop3(client: Client
         "username": "bounces",
         "password": "pw",
     }
+    page = client.get(reverse("admin:bounces_bouncemailbox_add")).content.decode()
+    assert '<option value="imap">IMAP</option>' in page
+    assert "IMAP: 993 with SSL, 143 otherwise." in page
     page = client.post(reverse("admin:bounces_bouncemailbox_add"), form).content.decode()
     assert "POP3 has no folders" in page
     assert not BounceMailbox.objects.exists()
