@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import imaplib
 import poplib
-import re
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -158,12 +157,22 @@ class Pop3Session:
 
 
 def _pop3_xoauth2(client: poplib.POP3, username: str, token: str) -> None:
-    # RFC 5034: AUTH, the server's "+" challenge, then the response.
-    client._putcmd("AUTH XOAUTH2")  # noqa: SLF001 - poplib has no AUTH command
+    # RFC 5034: AUTH, the server's "+" challenge, then the response. poplib
+    # has no AUTH command, hence its private helpers.
+    client._putcmd("AUTH XOAUTH2")  # noqa: SLF001
     reply = client._getline()[0]  # noqa: SLF001
     if not reply.startswith(b"+"):
         raise poplib.error_proto(reply)
-    client._shortcmd(base64.b64encode(xoauth2(username, token)).decode())  # noqa: SLF001
+    client._putcmd(base64.b64encode(xoauth2(username, token)).decode())  # noqa: SLF001
+    reply = client._getline()[0]  # noqa: SLF001
+    if reply.startswith(b"+OK"):
+        return
+    if reply.startswith(b"+"):
+        # A refused token comes as a challenge carrying the error (RFC 7628);
+        # an empty answer gets the final -ERR.
+        client._putcmd("")  # noqa: SLF001
+        reply = client._getline()[0]  # noqa: SLF001
+    raise poplib.error_proto(reply)
 
 
 @contextmanager
@@ -229,9 +238,6 @@ def _ok(answer: tuple[str, list], what: str) -> list:
     return data
 
 
-_UID_RE = re.compile(rb"UID (\d+)")
-
-
 class ImapSession:
     def __init__(self, client: imaplib.IMAP4, mailbox: BounceMailbox) -> None:
         self.client = client
@@ -258,10 +264,13 @@ class ImapSession:
     def fetch(self, ref: str) -> bytes | None:
         # PEEK: a message that is kept stays unread for the person who looks.
         data = _ok(self.client.uid("FETCH", ref, "(BODY.PEEK[])"), f"Cannot read message {ref}")
+        # One UID was asked for: the message is the literal of the answer
+        # (servers differ in where they put UID in it); none if it was
+        # expunged meanwhile by someone else.
         for part in data:
-            if isinstance(part, tuple) and _UID_RE.search(part[0]):
+            if isinstance(part, tuple) and b"BODY[]" in part[0].upper():
                 return part[1]
-        return None  # expunged meanwhile by someone else
+        return None
 
     def remove(self, ref: str) -> None:
         target = self.mailbox.move_to_folder
@@ -305,6 +314,20 @@ class ImapSession:
         return text
 
 
+def _imap_xoauth2(username: str, token: str) -> Callable[[bytes], bytes]:
+    answered = []
+
+    def respond(challenge: bytes) -> bytes:
+        # The credentials once; a second challenge carries the error
+        # (RFC 7628), answered empty to get the final NO.
+        if answered:
+            return b""
+        answered.append(True)
+        return xoauth2(username, token)
+
+    return respond
+
+
 @contextmanager
 def _imap(mailbox: BounceMailbox, token: str | None, readonly: bool) -> Iterator[Session]:
     if mailbox.security == BounceMailbox.Security.SSL:
@@ -317,7 +340,7 @@ def _imap(mailbox: BounceMailbox, token: str | None, readonly: bool) -> Iterator
         if mailbox.security == BounceMailbox.Security.STARTTLS:
             client.starttls(ssl_context=tls_context(mailbox))
         if token is not None:
-            client.authenticate("XOAUTH2", lambda _: xoauth2(mailbox.username, token))
+            client.authenticate("XOAUTH2", _imap_xoauth2(mailbox.username, token))
         else:
             client.login(mailbox.username, password(mailbox))
         session = ImapSession(client, mailbox)

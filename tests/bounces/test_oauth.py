@@ -220,7 +220,13 @@ def test_a_token_the_server_refuses_fails_test_connection(
     )
     report = services.connection_test(mailbox=mailbox)
     assert not report.ok
-    assert report.message.startswith("The server refused:")
+    assert (
+        report.message
+        == {
+            "imap": "The server refused: [AUTHENTICATIONFAILED] Authentication failed.",
+            "pop3": "The server refused: -ERR [AUTH] Authentication failed.",
+        }[protocol]
+    )
 
     BounceMailbox.objects.filter(pk=mailbox.pk).update(oauth_access_token=GOOD_TOKEN)
     mailbox.refresh_from_db()
