@@ -89,6 +89,28 @@ def test_moved_instead_of_deleted_and_never_recorded_twice(
     assert dovecot.stored() == [] and len(dovecot.stored("Processed")) == 2
 
 
+def test_a_server_without_move_gets_copy_and_delete(
+    sent: dict[str, Received],
+    imap: BounceMailbox,
+    dovecot: Dovecot,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    init = sessions.ImapSession.__init__
+
+    def without_move(self: sessions.ImapSession, *args: object) -> None:
+        init(self, *args)
+        self.capabilities.discard("MOVE")  # as on servers older than RFC 6851
+
+    monkeypatch.setattr(sessions.ImapSession, "__init__", without_move)
+    imap.move_to_folder = "Processed"
+    imap.save()
+    dovecot.deliver(dsn(sent["user0@example.org"]))
+
+    assert services.bounces_process() == 1
+    assert dovecot.stored() == []
+    assert len(dovecot.stored("Processed")) == 1
+
+
 def test_what_cannot_be_read_is_kept_unread(
     sent: dict[str, Received],
     imap: BounceMailbox,
