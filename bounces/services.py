@@ -218,7 +218,8 @@ def unsubscribe_record(*, mailbox: BounceMailbox | None, uid: str, report: Repor
                     contact=item.contact,
                     outcome="unsubscribed",
                 )
-                contact_unsubscribe(token=token, source="mailto")
+                if item.contact.status != Contact.Status.COMPLAINED:  # forward only
+                    contact_unsubscribe(token=token, source="mailto")
         except IntegrityError:
             pass  # recorded by an earlier or concurrent run: just delete it
         return ""

@@ -295,6 +295,22 @@ def test_a_mail_to_the_list_unsubscribe_address_unsubscribes_and_is_deleted(
     assert maildrop.messages == []
 
 
+def test_a_mailto_unsubscribe_leaves_a_complained_contact_complained(
+    sent: dict[str, Received], mailbox: BounceMailbox, maildrop: Maildrop
+) -> None:
+    from campaigns.messages import UNSUBSCRIBE_TAG, tagged_address
+
+    item = item_of("user1@example.org")
+    Contact.objects.filter(pk=item.contact_id).update(status=Contact.Status.COMPLAINED)
+    maildrop.add(_mail_to(tagged_address(tag=UNSUBSCRIBE_TAG, token=item.token, domain="h.test")))
+
+    tasks.process_bounces()
+
+    assert Bounce.objects.get().kind == Kind.UNSUBSCRIBE
+    assert item_of("user1@example.org").contact.status == Contact.Status.COMPLAINED
+    assert maildrop.messages == []
+
+
 def test_a_forged_unsubscribe_address_changes_nothing_and_is_kept(
     sent: dict[str, Received], mailbox: BounceMailbox, maildrop: Maildrop, pop3: Pop3Server
 ) -> None:
