@@ -39,12 +39,16 @@ run: $(VENV)/.installed-runtime
 test: $(VENV)/.installed-dev test-system-deps
 	$(PY) -m config.launcher test -- tests $(PYTEST_ARGS)
 
-# System packages the tests drive (Debian's Chromium for the browser tests),
-# installed without prompts when missing and when apt-get can run (as root).
-# Without them the browser tests are skipped locally and fail in CI.
-SYSTEM_TEST_PACKAGES := chromium
+# System packages the tests drive (Debian's Chromium for the browser tests,
+# Dovecot and Postfix for the real-server bounce tests), installed without
+# prompts when missing and when apt-get can run (as root). Each entry is
+# command:packages (comma-separated). Without them those tests are skipped
+# locally and fail in CI.
+SYSTEM_TEST_PACKAGES := chromium:chromium dovecot:dovecot-imapd,dovecot-pop3d postfix:postfix
 test-system-deps:
-	@missing=""; for p in $(SYSTEM_TEST_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSTEM_TEST_PACKAGES); do \
+	  PATH="$$PATH:/usr/sbin:/sbin" command -v $${p%%:*} >/dev/null || missing="$$missing $$(echo $${p#*:} | tr , ' ')"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "make test: installing$$missing (apt-get)"; \
@@ -52,7 +56,7 @@ test-system-deps:
 	    apt-get install -y -q --no-install-recommends $$missing >/dev/null \
 	      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; \
 	  else \
-	    echo "make test: $$missing missing and cannot be installed here; browser tests will be skipped"; \
+	    echo "make test: $$missing missing and cannot be installed here; the tests that need them will be skipped"; \
 	  fi; \
 	fi
 

@@ -1,26 +1,24 @@
 """The process-bounce-email job: read each bounce mailbox, record what
 came back, apply the bounce rules, delete what was recorded.
 
-A message is deleted only after its record is committed, and POP3
-deletes only at QUIT: a run that dies half-way deletes nothing, and the
-next run recognises what was already recorded by its UIDL (a unique
-constraint), records nothing twice and deletes it then. What cannot be
+A message is deleted (or, for IMAP, moved) only after its record is
+committed, and POP3 deletes only at QUIT, IMAP at EXPUNGE: a run that
+dies half-way deletes nothing, and the next run recognises what was
+already recorded by its POP3 UIDL or the digest of its bytes (a unique
+constraint), records nothing twice and removes it then. What cannot be
 read is kept in the mailbox and reported on the dashboard.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import poplib
 import re
-import socket
-import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from anymail.signals import AnymailTrackingEvent
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -29,8 +27,10 @@ from campaigns.models import CampaignItem, Contact, Suppression
 from campaigns.services import contact_unsubscribe, suppression_add
 from jobs.locks import BOUNCE_MAILBOXES, advisory_lock
 from jobs.services import notification_raise, notification_resolve
-from smtpservers.encryption import Secret
+from smtpservers.encryption import reveal
+from smtpservers.oauth import OAuthError, oauth_token_refresh
 
+from .mailbox import SESSION_ERRORS, AccessToken, MailboxError, describe, session_open
 from .models import Bounce, BounceMailbox, BounceRule, Kind
 from .parsing import Event, Report, Verdict, message_parse
 from .parsing import Kind as EventKind
@@ -40,76 +40,9 @@ logger = logging.getLogger(__name__)
 # Messages read from one mailbox per run; the rest wait for the next run,
 # so one flooded mailbox cannot hold the job for hours.
 MAX_MESSAGES_PER_RUN = 500
-
-
-class MailboxError(Exception):
-    """The mailbox could not be read; the message says why, for people."""
-
-
-# --- connecting ---------------------------------------------------------------
-
-
-def _tls_context(mailbox: BounceMailbox) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if not mailbox.verify_certificate:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def _password(mailbox: BounceMailbox) -> str:
-    value = mailbox.password
-    return value.reveal() if isinstance(value, Secret) else str(value or "")
-
-
-def _describe(exc: BaseException, mailbox: BounceMailbox) -> str:
-    where = f"{mailbox.host}:{mailbox.port}"
-    if isinstance(exc, socket.timeout | TimeoutError):
-        return f"No answer from {where} within {mailbox.timeout} s."
-    if isinstance(exc, ConnectionRefusedError):
-        return f"Connection refused by {where}: is the port right and the server running?"
-    if isinstance(exc, socket.gaierror):
-        return f"Host {mailbox.host} not found."
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"The server's certificate is not trusted: {exc.verify_message}."
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS failed with {where}: {exc.reason or exc}."
-    if isinstance(exc, poplib.error_proto):
-        reply = exc.args[0] if exc.args else b""
-        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-        return f"The server refused: {text}"
-    if isinstance(exc, OSError):
-        return f"Cannot connect to {where}: {exc.strerror or exc}."
-    return f"{type(exc).__name__}: {exc}"
-
-
-@contextmanager
-def _pop3(mailbox: BounceMailbox) -> Iterator[poplib.POP3]:
-    """A logged-in POP3 session. Leaving the block normally sends QUIT
-    (which commits deletions); an exception closes the socket without
-    QUIT, so the server deletes nothing."""
-    try:
-        if mailbox.security == BounceMailbox.Security.SSL:
-            client: poplib.POP3 = poplib.POP3_SSL(
-                mailbox.host, mailbox.port, timeout=mailbox.timeout, context=_tls_context(mailbox)
-            )
-        else:
-            client = poplib.POP3(mailbox.host, mailbox.port, timeout=mailbox.timeout)
-        if mailbox.security == BounceMailbox.Security.STARTTLS:
-            client.stls(context=_tls_context(mailbox))
-        client.user(mailbox.username)
-        client.pass_(_password(mailbox))
-    except (OSError, poplib.error_proto) as exc:
-        raise MailboxError(_describe(exc, mailbox)) from exc
-    try:
-        yield client
-    except BaseException:
-        client.close()
-        raise
-    try:
-        client.quit()
-    except (OSError, poplib.error_proto) as exc:
-        raise MailboxError(f"QUIT failed, nothing was deleted: {_describe(exc, mailbox)}") from exc
+# The job runs every minute, a little late or early; without slack a
+# mailbox read every minute would be read only every other run.
+POLL_SLACK = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -118,18 +51,35 @@ class ConnectionReport:
     message: str
 
 
+def access_token(mailbox: BounceMailbox) -> str:
+    """The mailbox's OAuth 2.0 access token, refreshed first when it is
+    about to expire (the token handling of the SMTP servers)."""
+    try:
+        oauth_token_refresh(server=mailbox)
+    except OAuthError as exc:
+        raise MailboxError(f"The OAuth 2.0 access token could not be refreshed: {exc}") from exc
+    token = reveal(mailbox.oauth_access_token)
+    if not token:
+        raise MailboxError(
+            "No OAuth 2.0 token yet: click “Generate tokens” on the mailbox and sign in."
+        )
+    return token
+
+
+def _login(mailbox: BounceMailbox) -> AccessToken | None:
+    return access_token if mailbox.uses_oauth2 else None
+
+
 def connection_test(*, mailbox: BounceMailbox) -> ConnectionReport:
     """Log in and count the waiting messages; deletes nothing."""
     try:
-        with _pop3(mailbox) as client:
-            count, size = client.stat()
-        report = ConnectionReport(
-            True, f"Connected and logged in; {count} message(s) waiting ({size} bytes)."
-        )
+        with session_open(mailbox, access_token=_login(mailbox), readonly=True) as session:
+            summary = session.summary()
+        report = ConnectionReport(True, f"Connected and logged in; {summary}.")
     except MailboxError as exc:
         report = ConnectionReport(False, str(exc))
-    except (OSError, poplib.error_proto) as exc:
-        report = ConnectionReport(False, _describe(exc, mailbox))
+    except SESSION_ERRORS as exc:
+        report = ConnectionReport(False, describe(exc, mailbox))
     _status_save(mailbox, report.message)
     return report
 
@@ -143,13 +93,24 @@ def _status_save(mailbox: BounceMailbox, status: str) -> None:
 # --- the job ------------------------------------------------------------------
 
 
+def mailboxes_due(*, now: datetime | None = None) -> list[BounceMailbox]:
+    """Active mailboxes whose poll interval has passed since their last read."""
+    now = now or timezone.now()
+    return [
+        mailbox
+        for mailbox in BounceMailbox.objects.filter(is_active=True)
+        if mailbox.last_polled_at is None
+        or now - mailbox.last_polled_at >= timedelta(minutes=mailbox.poll_interval) - POLL_SLACK
+    ]
+
+
 def bounces_process() -> int:
-    """Read every active mailbox; returns how many messages were recorded.
-    A mailbox that cannot be read does not stop the others; the run fails
-    at the end, naming them."""
+    """Read every active mailbox that is due; returns how many messages
+    were recorded. A mailbox that cannot be read does not stop the others;
+    the run fails at the end, naming them."""
     recorded = 0
     failures = []
-    for mailbox in BounceMailbox.objects.filter(is_active=True):
+    for mailbox in mailboxes_due():
         try:
             recorded += mailbox_process(mailbox=mailbox)
         except MailboxError as exc:
@@ -166,29 +127,13 @@ def bounces_process() -> int:
     return recorded
 
 
-def _listing(client: poplib.POP3) -> list[tuple[int, str | None]]:
-    """(message number, UIDL) of each waiting message; UIDL is optional in
-    RFC 1939, so without it the id is a digest of the message."""
-    try:
-        _, lines, _ = client.uidl()
-    except poplib.error_proto:
-        _, lines, _ = client.list()
-        return [(int(line.split()[0]), None) for line in lines]
-    listing = []
-    for line in lines:
-        number, _, uid = line.decode("ascii", "replace").partition(" ")
-        listing.append((int(number), uid.strip()[:255]))
-    return listing
-
-
 def mailbox_process(*, mailbox: BounceMailbox) -> int:
     with advisory_lock(space=BOUNCE_MAILBOXES, key=mailbox.pk) as got:
         if not got:
             return 0  # another run is reading this mailbox right now
-        try:
-            recorded, kept = _mailbox_read(mailbox)
-        except (OSError, poplib.error_proto) as exc:  # the session broke mid-way
-            raise MailboxError(_describe(exc, mailbox)) from exc
+        # Stamped before reading: a mailbox that fails waits its interval too.
+        BounceMailbox.objects.filter(pk=mailbox.pk).update(last_polled_at=timezone.now())
+        recorded, kept = _mailbox_read(mailbox)
         status = f"Read {recorded} message(s)" + (f", kept {len(kept)}." if kept else ".")
         _status_save(mailbox, status)
         _kept_report(mailbox, kept)
@@ -197,29 +142,30 @@ def mailbox_process(*, mailbox: BounceMailbox) -> int:
 
 
 def _mailbox_read(mailbox: BounceMailbox) -> tuple[int, list[str]]:
-    """Record and delete each message; returns how many were recorded and
+    """Record and remove each message; returns how many were recorded and
     why the others were kept."""
     recorded, kept = 0, []
-    with _pop3(mailbox) as client:
-        for number, listed_uid in _listing(client)[:MAX_MESSAGES_PER_RUN]:
-            raw = None if listed_uid else _retrieve(client, number)
-            uid = listed_uid or "sha256:" + hashlib.sha256(raw or b"").hexdigest()
+    with session_open(mailbox, access_token=_login(mailbox)) as session:
+        for listed in session.listing()[:MAX_MESSAGES_PER_RUN]:
+            raw = None if listed.uid else session.fetch(listed.ref)
+            if raw is None and listed.uid is None:
+                continue  # removed by someone else since the listing
+            # Without a server id (IMAP, POP3 without UIDL), the digest of the
+            # bytes: the same message read again, or moved back, is known.
+            uid = listed.uid or "sha256:" + hashlib.sha256(raw or b"").hexdigest()
             if Bounce.objects.filter(mailbox=mailbox, message_uid=uid).exists():
-                client.dele(number)  # recorded by an earlier run that died before QUIT
+                session.remove(listed.ref)  # recorded by a run that died before removing it
                 continue
-            raw = raw or _retrieve(client, number)
+            raw = raw or session.fetch(listed.ref)
+            if raw is None:
+                continue
             problem = _message_handle(mailbox=mailbox, uid=uid, raw=raw)
             if problem:
                 kept.append(f"message {uid}: {problem}")
                 continue
-            client.dele(number)
+            session.remove(listed.ref)
             recorded += 1
     return recorded, kept
-
-
-def _retrieve(client: poplib.POP3, number: int) -> bytes:
-    # poplib has already undone the dot-stuffing of each line.
-    return b"\r\n".join(client.retr(number)[1]) + b"\r\n"
 
 
 def _kept_report(mailbox: BounceMailbox, kept: list[str]) -> None:
@@ -272,7 +218,8 @@ def unsubscribe_record(*, mailbox: BounceMailbox | None, uid: str, report: Repor
                     contact=item.contact,
                     outcome="unsubscribed",
                 )
-                contact_unsubscribe(token=token, source="mailto")
+                if item.contact.status != Contact.Status.COMPLAINED:  # forward only
+                    contact_unsubscribe(token=token, source="mailto")
         except IntegrityError:
             pass  # recorded by an earlier or concurrent run: just delete it
         return ""
@@ -366,11 +313,17 @@ def bounce_apply(*, bounce: Bounce) -> str:
     if seen < rule.count:
         return f"{seen} of {rule.count} within {rule.period_days} days"
     complaint = bounce.kind == Kind.COMPLAINT
+    reason = f"{bounce.get_kind_display()} {bounce.status_code} {bounce.diagnostic}".strip()
     suppression_add(
         pattern=contact.email,
         source=Suppression.Source.COMPLAINT if complaint else Suppression.Source.BOUNCE,
-        reason=f"{bounce.get_kind_display()} {bounce.status_code} {bounce.diagnostic}".strip(),
+        reason=reason,
     )
+    if complaint:
+        # A complaint outranks a bounce, whichever came first.
+        Suppression.objects.filter(
+            pattern=contact.email.strip().lower(), source=Suppression.Source.BOUNCE
+        ).update(source=Suppression.Source.COMPLAINT, reason=reason[:255])
     contacts = Contact.objects.filter(pk=contact.pk)
     if rule.action == BounceRule.Action.SUPPRESS_UNSUBSCRIBE:
         status = Contact.Status.COMPLAINED if complaint else Contact.Status.UNSUBSCRIBED
@@ -379,3 +332,108 @@ def bounce_apply(*, bounce: Bounce) -> str:
     status = Contact.Status.COMPLAINED if complaint else Contact.Status.BOUNCED
     contacts.filter(status=Contact.Status.ACTIVE).update(status=status)
     return "suppressed"
+
+
+# --- provider webhooks --------------------------------------------------------
+
+# anymail's normalised event types that change something; deliveries,
+# opens, clicks and deferrals (the provider retries) are answered and not
+# recorded.
+_ESP_UNSUBSCRIBE_REASONS = ("unsubscribed",)
+_ESP_RECORDED = ("bounced", "rejected", "complained", "unsubscribed")
+
+
+def _esp_kind(event: AnymailTrackingEvent) -> str:
+    raw = event.esp_event if isinstance(event.esp_event, dict) else {}
+    if event.event_type == "complained" or event.reject_reason == "spam":
+        return Kind.COMPLAINT
+    if event.event_type == "unsubscribed" or event.reject_reason in _ESP_UNSUBSCRIBE_REASONS:
+        return Kind.UNSUBSCRIBE
+    soft = event.reject_reason == "timed_out" or raw.get("Type") == "SoftBounce"
+    return Kind.SOFT if soft else Kind.HARD
+
+
+def _esp_event_id(provider: str, event: AnymailTrackingEvent) -> str:
+    """The provider's id of the event. Mailgun's event id is unique per day,
+    so with its timestamp; without an id (Postmark deliveries), a digest
+    of the event as the provider sent it."""
+    raw = event.esp_event if isinstance(event.esp_event, dict) else {}
+    data = raw.get("event-data") or {}
+    if provider == "mailgun" and data.get("id"):
+        return f"{data['id']}@{data.get('timestamp', '')}"[:255]
+    if event.event_id:
+        return str(event.event_id)[:255]
+    canonical = json.dumps(raw, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _esp_match(event: AnymailTrackingEvent) -> Match:
+    """The item an event is about: Herald's Message-ID (<token@...>), then
+    the provider's message id recorded at send, then the address."""
+    items = CampaignItem.objects.select_related("contact")
+    message_id = (event.message_id or "").strip()
+    local = message_id.strip("<>").partition("@")[0].lower()
+    if _TOKEN.match(local) and (item := items.filter(token=local).first()):
+        return Match(item, item.contact, "message-id")
+    if message_id:
+        ids = {message_id, message_id.strip("<>")}
+        if item := items.filter(queue_id__in=ids).first():
+            return Match(item, item.contact, "esp-id")
+    recipient = (event.recipient or "").lower()
+    if recipient and (contact := Contact.objects.filter(email__iexact=recipient).first()):
+        return Match(None, contact, "address")
+    return Match(None, None, "")
+
+
+def esp_event_record(*, provider: str, event: AnymailTrackingEvent) -> Bounce | None:
+    """Record one verified provider event and apply the rules, once: a
+    replayed or retried event (same provider id) changes nothing, and
+    events applied in any order leave the same state (statuses only move
+    forward, see bounce_apply)."""
+    if event.event_type not in _ESP_RECORDED:
+        return None
+    kind = _esp_kind(event)
+    match = _esp_match(event)
+    try:
+        with transaction.atomic():
+            bounce = Bounce.objects.create(
+                provider=provider,
+                message_uid=_esp_event_id(provider, event),
+                kind=kind,
+                recipient=(event.recipient or "")[:254],
+                status_code=_status_code(event.mta_response or ""),
+                action=event.event_type[:16],
+                diagnostic="\n".join(
+                    part for part in (event.description, event.mta_response) if part
+                ),
+                matched_by=match.by,
+                item=match.item,
+                campaign_id=match.item.campaign_id if match.item else None,
+                contact=match.contact,
+            )
+            if kind == Kind.UNSUBSCRIBE:
+                bounce.outcome = _esp_unsubscribe(bounce)
+            else:
+                bounce.outcome = bounce_apply(bounce=bounce)
+            bounce.save(update_fields=["outcome"])
+    except IntegrityError:
+        return None  # already recorded: a replay or the provider's retry
+    return bounce
+
+
+_STATUS_CODE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+def _status_code(text: str) -> str:
+    found = _STATUS_CODE.search(text)
+    return found.group(1) if found else ""
+
+
+def _esp_unsubscribe(bounce: Bounce) -> str:
+    if bounce.contact is None:
+        return "no contact matched"
+    # Forward only: a complained contact stays complained.
+    Contact.objects.filter(
+        pk=bounce.contact_id, status__in=(Contact.Status.ACTIVE, Contact.Status.BOUNCED)
+    ).update(status=Contact.Status.UNSUBSCRIBED)
+    return "unsubscribed"

@@ -10,6 +10,7 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
     path("jobs/", include("jobs.urls")),
     path("smtp/", include("smtpservers.urls")),
+    path("webhooks/", include("bounces.urls")),
     path("api/", include("api.urls")),
     path("", include("jobs.monitoring_urls")),
     path("", include("campaigns.urls")),

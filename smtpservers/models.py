@@ -143,6 +143,11 @@ class SmtpServer(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # For smtpservers.oauth: what Office 365 is asked for, and what stops
+    # while the token cannot be refreshed.
+    oauth_office365_scopes = ["https://outlook.office.com/SMTP.Send"]
+    oauth_unavailable = "Dispatchers using this server cannot send until it is fixed."
+
     class Meta:
         ordering = ["name"]
         verbose_name = "SMTP server"

@@ -1,6 +1,10 @@
 """OAuth 2.0 tokens for XOAUTH2: the authorization-code flow behind
 "Generate tokens", and refreshing the access token before it expires.
 
+The tokens belong to a row that logs in with them: an SMTP server, or a
+bounce mailbox (IMAP/POP3). Any model with the fields of TokenHolder
+works; the callback finds the row again by the model label it stored.
+
 Office 365 goes through msal; Gmail through Google's OAuth 2.0 endpoints
 with plain HTTP. The client ids and secrets live on GlobalOptions, the
 endpoint base URLs in settings. Tokens are stored encrypted on the
@@ -16,11 +20,12 @@ import logging
 import secrets
 import warnings
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import msal
 import requests
+from django.apps import apps
 from django.conf import settings
 from django.db import connections, transaction
 from django.db.models import Q
@@ -35,9 +40,9 @@ from .models import GlobalOptions, SmtpServer
 
 logger = logging.getLogger(__name__)
 
-# msal adds offline_access (for the refresh token), openid and profile by
-# itself and refuses to be given them.
-OFFICE365_SCOPES = ["https://outlook.office.com/SMTP.Send"]
+# A holder's oauth_office365_scopes name only the resource: msal adds
+# offline_access (for the refresh token), openid and profile by itself
+# and refuses to be given them.
 GMAIL_SCOPE = "https://mail.google.com/"
 # Refresh this long before the access token expires: a session opened
 # just before expiry must not log in with a token that dies mid-batch.
@@ -51,6 +56,30 @@ SESSION_KEY = "herald_oauth_flows"
 Provider = SmtpServer.OAuthProvider
 
 
+class TokenHolder(Protocol):
+    """A row that logs in by XOAUTH2 (SmtpServer, bounces.BounceMailbox)."""
+
+    pk: Any
+    name: str
+    username: str
+    oauth_provider: str
+    oauth_access_token: Any
+    oauth_refresh_token: Any
+    oauth_expires_at: datetime | None
+    # Office 365 asks for one scope per protocol (SMTP.Send, IMAP..., POP...).
+    oauth_office365_scopes: list[str]
+    # What stops working while its token cannot be refreshed, for people.
+    oauth_unavailable: str
+    _meta: Any
+
+    @property
+    def uses_oauth2(self) -> bool: ...
+
+    def get_oauth_provider_display(self) -> str: ...
+
+    def save(self, *, update_fields: list[str]) -> None: ...
+
+
 class OAuthError(Exception):
     """A step of the flow or a refresh failed; ``str()`` is for people."""
 
@@ -59,8 +88,17 @@ class OAuthStateError(OAuthError):
     """The callback's state is not one this browser session started."""
 
 
-def notification_key(server: SmtpServer) -> str:
-    return f"smtpserver:{server.pk}:oauth"
+def notification_key(server: TokenHolder) -> str:
+    return f"{server._meta.model_name}:{server.pk}:oauth"
+
+
+def _label(server: TokenHolder) -> str:
+    return str(server._meta.verbose_name)
+
+
+def _change_url(server: TokenHolder) -> str:
+    meta = server._meta
+    return reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[server.pk])
 
 
 def redirect_uri() -> str:
@@ -71,12 +109,12 @@ def redirect_uri() -> str:
 # --- the authorization-code flow ------------------------------------------------
 
 
-def oauth_flow_start(*, server: SmtpServer, session: Any) -> str:
+def oauth_flow_start(*, server: TokenHolder, session: Any) -> str:
     """Remember a new flow in the browser session; return the consent page URL."""
     if not server.uses_oauth2:
         raise OAuthError(
-            "This server does not use OAuth 2.0: choose OAuth 2.0 as the authentication "
-            "type and a mail server, save, then generate tokens."
+            f"This {_label(server)} does not use OAuth 2.0: choose OAuth 2.0 as the "
+            "authentication type and a mail server, save, then generate tokens."
         )
     options = _options(server.oauth_provider)
     if server.oauth_provider == Provider.OFFICE365:
@@ -87,7 +125,7 @@ def oauth_flow_start(*, server: SmtpServer, session: Any) -> str:
             # and the state could not be checked against this session.
             warnings.filterwarnings("ignore", message="response_mode='form_post'")
             flow = app.initiate_auth_code_flow(
-                OFFICE365_SCOPES,
+                server.oauth_office365_scopes,
                 redirect_uri=redirect_uri(),
                 login_hint=server.username or None,
                 response_mode="query",
@@ -116,6 +154,7 @@ def oauth_flow_start(*, server: SmtpServer, session: Any) -> str:
         url = f"{settings.HERALD_GOOGLE_AUTH_URL}?{urlencode(query)}"
     pending = _pending(session)
     pending[state] = {
+        "model": server._meta.label_lower,
         "server": server.pk,
         "provider": server.oauth_provider,
         "flow": flow,
@@ -125,7 +164,14 @@ def oauth_flow_start(*, server: SmtpServer, session: Any) -> str:
     return url
 
 
-def oauth_flow_finish(*, session: Any, params: dict[str, str]) -> SmtpServer:
+def oauth_flow_model(*, session: Any, state: str) -> str:
+    """The model label ("smtpservers.smtpserver") a pending flow is for, so
+    the callback can check the permission before anything is stored."""
+    entry = _pending(session).get(state) or {}
+    return str(entry.get("model", "smtpservers.smtpserver"))
+
+
+def oauth_flow_finish(*, session: Any, params: dict[str, str]) -> TokenHolder:
     """The callback: check the state, trade the code for tokens, store them.
     A state is used once: it leaves the session before anything else."""
     pending = _pending(session)
@@ -135,12 +181,14 @@ def oauth_flow_finish(*, session: Any, params: dict[str, str]) -> SmtpServer:
         raise OAuthStateError(
             "This sign-in answer does not belong to a “Generate tokens” started in this "
             "browser, was already used, or is older than 15 minutes. Nothing was saved; "
-            "start again with “Generate tokens” on the SMTP server."
+            "start again with “Generate tokens”."
         )
-    server = SmtpServer.objects.filter(pk=entry["server"]).first()
+    model = apps.get_model(entry.get("model", "smtpservers.smtpserver"))
+    server = model.objects.filter(pk=entry["server"]).first()
     if server is None or server.oauth_provider != entry["provider"]:
         raise OAuthError(
-            "The SMTP server was deleted or its mail server changed meanwhile; nothing was saved."
+            f"The {model._meta.verbose_name} was deleted or its mail server changed "
+            "meanwhile; nothing was saved."
         )
     if "error" in params:
         raise OAuthError(f"The provider did not grant access: {_describe(params)}")
@@ -148,7 +196,7 @@ def oauth_flow_finish(*, session: Any, params: dict[str, str]) -> SmtpServer:
     if server.oauth_provider == Provider.OFFICE365:
         result = _msal_call(
             lambda: _msal_app(options).acquire_token_by_auth_code_flow(
-                entry["flow"], params, scopes=OFFICE365_SCOPES
+                entry["flow"], params, scopes=server.oauth_office365_scopes
             )
         )
     else:
@@ -181,7 +229,7 @@ def _pending(session: Any) -> dict[str, Any]:
 # --- refreshing ------------------------------------------------------------------
 
 
-def oauth_refresh_due(*, server: SmtpServer, now: datetime | None = None) -> bool:
+def oauth_refresh_due(*, server: TokenHolder, now: datetime | None = None) -> bool:
     """The access token expires within REFRESH_MARGIN and can be refreshed."""
     if not server.uses_oauth2 or not server.oauth_refresh_token:
         return False
@@ -190,14 +238,14 @@ def oauth_refresh_due(*, server: SmtpServer, now: datetime | None = None) -> boo
     return server.oauth_expires_at - (now or timezone.now()) <= REFRESH_MARGIN
 
 
-def oauth_token_refresh(*, server: SmtpServer) -> bool:
+def oauth_token_refresh(*, server: TokenHolder) -> bool:
     """Refresh the access token if it is due, under the server's row lock.
     Updates ``server`` in place; returns whether a refresh happened. A
     failure raises the server's notification and OAuthError; a success
     resolves the notification."""
     failure: OAuthError | None = None
     with transaction.atomic():
-        locked = SmtpServer.objects.select_for_update().get(pk=server.pk)
+        locked = type(server).objects.select_for_update().get(pk=server.pk)
         if not oauth_refresh_due(server=locked):
             _tokens_copy(locked, server)  # another worker refreshed meanwhile
             return False
@@ -215,7 +263,7 @@ def oauth_token_refresh(*, server: SmtpServer) -> bool:
     return True
 
 
-def oauth_token_refresh_detached(*, server: SmtpServer) -> None:
+def oauth_token_refresh_detached(*, server: TokenHolder) -> None:
     """oauth_token_refresh for async code (run it in a worker thread): its own
     database connection, so the rotated refresh token is committed even if
     the caller's transaction rolls back, and closed afterwards."""
@@ -245,13 +293,13 @@ def oauth_tokens_refresh() -> int:
     return refreshed
 
 
-def _refresh(server: SmtpServer) -> dict[str, Any]:
+def _refresh(server: TokenHolder) -> dict[str, Any]:
     options = _options(server.oauth_provider)
     refresh_token = reveal(server.oauth_refresh_token)
     if server.oauth_provider == Provider.OFFICE365:
         result = _msal_call(
             lambda: _msal_app(options).acquire_token_by_refresh_token(
-                refresh_token, scopes=OFFICE365_SCOPES
+                refresh_token, scopes=server.oauth_office365_scopes
             )
         )
     else:
@@ -261,14 +309,16 @@ def _refresh(server: SmtpServer) -> dict[str, Any]:
     return result
 
 
-def _refresh_failed(server: SmtpServer, exc: OAuthError) -> None:
-    path = reverse("admin:smtpservers_smtpserver_change", args=[server.pk])
+def _refresh_failed(server: TokenHolder, exc: OAuthError) -> None:
+    path = _change_url(server)
     url = settings.HERALD_PUBLIC_URL + path
+    label = _label(server)
     notification_raise(
         link=path,
         key=notification_key(server),
-        title=f"SMTP server “{server.name}”: the OAuth 2.0 access token could not be refreshed",
-        message=f"{exc} Dispatchers using this server cannot send until it is fixed. "
+        title=f"{label[:1].upper()}{label[1:]} “{server.name}”: the OAuth 2.0 access token "
+        "could not be refreshed",
+        message=f"{exc} {server.oauth_unavailable} "
         f"What to do: Generate tokens again (open {url} and click “Generate tokens”).",
         level=Notification.Level.ERROR,
     )
@@ -277,7 +327,7 @@ def _refresh_failed(server: SmtpServer, exc: OAuthError) -> None:
 # --- storage and the providers ---------------------------------------------------
 
 
-def _tokens_store(server: SmtpServer, result: dict[str, Any]) -> None:
+def _tokens_store(server: TokenHolder, result: dict[str, Any]) -> None:
     server.oauth_access_token = Secret(result["access_token"])
     if result.get("refresh_token"):  # rotated; Google usually keeps the old one
         server.oauth_refresh_token = Secret(result["refresh_token"])
@@ -294,7 +344,7 @@ def _tokens_store(server: SmtpServer, result: dict[str, Any]) -> None:
     )
 
 
-def _tokens_copy(source: SmtpServer, target: SmtpServer) -> None:
+def _tokens_copy(source: TokenHolder, target: TokenHolder) -> None:
     target.oauth_access_token = source.oauth_access_token
     target.oauth_refresh_token = source.oauth_refresh_token
     target.oauth_expires_at = source.oauth_expires_at

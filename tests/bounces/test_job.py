@@ -15,37 +15,17 @@ from django_celery_beat.models import PeriodicTask
 from bounces import services, tasks
 from bounces.models import Bounce, BounceMailbox, BounceRule, Kind
 from bounces.parsing import message_parse
-from campaigns import services as pipeline
-from campaigns.models import Campaign, CampaignItem, Contact, Suppression
+from campaigns.models import CampaignItem, Contact, Suppression
 from jobs.locks import BOUNCE_MAILBOXES
 from jobs.models import Job, JobRun, Notification
-from tests.helpers import make_audience, make_campaign, make_dispatcher, make_smtp_server
-from tests.smtp import Received, SmtpSink
+from tests.smtp import Received
 
+from .conftest import interval_passes, item_of
 from .pop3 import Maildrop, Pop3Server
 from .reports import arf, dsn, plain
 
 pytestmark = pytest.mark.django_db
 S = CampaignItem.Status
-
-
-@pytest.fixture
-def sent(db: None) -> dict[str, Received]:
-    """Three messages Herald sent for real: recipient -> what the MX got."""
-    with SmtpSink() as sink:
-        dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
-        make_campaign(
-            dispatcher=dispatcher, lists=[make_audience(3)], status=Campaign.Status.SCHEDULED
-        )
-        pipeline.items_generate()
-        while (batch := pipeline.batch_claim(dispatcher_id=dispatcher.pk)) is not None:
-            pipeline.batch_send(batch_id=batch.pk)
-    assert CampaignItem.objects.filter(status=S.SENT).count() == 3
-    return {r.recipients[0]: r for r in sink.received}
-
-
-def item_of(email: str) -> CampaignItem:
-    return CampaignItem.objects.select_related("contact").get(contact__email=email)
 
 
 def test_a_hard_bounce_bounces_the_item_suppresses_the_address_and_is_deleted(
@@ -94,6 +74,7 @@ def test_a_run_that_dies_before_quit_deletes_nothing_and_the_next_records_nothin
     assert JobRun.objects.get().outcome == JobRun.Outcome.FAILED
 
     pop3.fail_on = None
+    interval_passes(mailbox)
     assert services.bounces_process() == 0  # nothing new recorded
 
     assert maildrop.messages == []  # and now deleted
@@ -107,6 +88,7 @@ def test_running_the_job_twice_records_one_bounce(
 ) -> None:
     maildrop.add(dsn(sent["user0@example.org"]))
     services.bounces_process()
+    interval_passes(mailbox)
     services.bounces_process()
     assert Bounce.objects.count() == 1
 
@@ -234,6 +216,7 @@ def test_a_server_without_uidl_is_read_by_message_digest(
     with pytest.raises(services.MailboxError):
         services.bounces_process()
     pop3.fail_on = None
+    interval_passes(mailbox)
     services.bounces_process()
 
     assert maildrop.messages == []
@@ -255,6 +238,25 @@ def test_the_job_is_scheduled_every_minute() -> None:
     task = PeriodicTask.objects.get(name="Process bounce email")
     assert task.task == Job.PROCESS_BOUNCES.value == tasks.process_bounces.name
     assert (task.interval.every, task.interval.period, task.enabled) == (60, "seconds", True)
+
+
+def test_a_mailbox_is_read_only_when_its_poll_interval_has_passed(
+    mailbox: BounceMailbox, maildrop: Maildrop, pop3: Pop3Server
+) -> None:
+    maildrop.add(plain("Automatic reply: Hello", "Away.", Auto_Submitted="auto-replied"))
+    mailbox.poll_interval = 15
+    mailbox.last_polled_at = timezone.now() - timedelta(minutes=14)
+    mailbox.save()
+
+    assert services.bounces_process() == 0
+    assert pop3.log == []  # not even a login
+
+    interval_passes(mailbox)
+    assert services.bounces_process() == 1
+    mailbox.refresh_from_db()
+    assert timezone.now() - mailbox.last_polled_at < timedelta(seconds=5)
+    assert services.bounces_process() == 0  # just read: waits another 15 minutes
+    assert pop3.log.count("USER") == 1
 
 
 def test_a_second_run_at_the_same_time_leaves_the_mailbox_alone(
@@ -285,10 +287,27 @@ def test_a_mail_to_the_list_unsubscribe_address_unsubscribes_and_is_deleted(
     maildrop.add(_mail_to(address))
 
     tasks.process_bounces()
+    interval_passes(mailbox)
     tasks.process_bounces()  # read twice: still one record
 
     assert item_of("user1@example.org").contact.status == Contact.Status.UNSUBSCRIBED
     assert Bounce.objects.get().kind == Kind.UNSUBSCRIBE
+    assert maildrop.messages == []
+
+
+def test_a_mailto_unsubscribe_leaves_a_complained_contact_complained(
+    sent: dict[str, Received], mailbox: BounceMailbox, maildrop: Maildrop
+) -> None:
+    from campaigns.messages import UNSUBSCRIBE_TAG, tagged_address
+
+    item = item_of("user1@example.org")
+    Contact.objects.filter(pk=item.contact_id).update(status=Contact.Status.COMPLAINED)
+    maildrop.add(_mail_to(tagged_address(tag=UNSUBSCRIBE_TAG, token=item.token, domain="h.test")))
+
+    tasks.process_bounces()
+
+    assert Bounce.objects.get().kind == Kind.UNSUBSCRIBE
+    assert item_of("user1@example.org").contact.status == Contact.Status.COMPLAINED
     assert maildrop.messages == []
 
 

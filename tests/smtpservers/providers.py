@@ -31,6 +31,11 @@ MS_CLIENT_ID, MS_CLIENT_SECRET = "6731de76-14a6-49ae-97bc-6eba6914391e", "ms~cli
 GOOGLE_CLIENT_ID = "1234-herald.apps.googleusercontent.com"
 GOOGLE_CLIENT_SECRET = "GOCSPX-google-client-secret"
 REDIRECT_URI = "http://testserver/smtp/oauth/callback/"
+OUTLOOK_SCOPES = {
+    "https://outlook.office.com/SMTP.Send",
+    "https://outlook.office.com/IMAP.AccessAsUser.All",
+    "https://outlook.office.com/POP.AccessAsUser.All",
+}
 
 
 @dataclass
@@ -185,12 +190,15 @@ class _Handler(BaseHTTPRequestHandler):
                 )
         else:
             return _microsoft_error(70003, "The app requested an unsupported grant type.")
-        if "https://outlook.office.com/SMTP.Send" not in form.get("scope", "").split():
+        # One mail resource scope: SMTP for servers, IMAP or POP for bounce mailboxes.
+        scopes = set(form.get("scope", "").split()) & OUTLOOK_SCOPES
+        if len(scopes) != 1:
             return _microsoft_error(70011, "The provided value for scope is not valid.")
+        scope = scopes.pop()
         # Microsoft rotates the refresh token on every use.
         return 200, {
             "token_type": "Bearer",
-            "scope": "https://outlook.office.com/SMTP.Send",
+            "scope": scope,
             "expires_in": 3599,
             "ext_expires_in": 3599,
             "access_token": p.next_access_token,

@@ -1,0 +1,96 @@
+"""The manage-subscriptions page behind the footer link: a contact leaves
+some of their lists, or all mail, without logging in, through a link
+signed for them alone.
+
+Leaving a list removes the subscription, so no campaign generates an
+item for it again, and skips the contact's waiting items of campaigns
+that now reach them through no list: the change holds before the next
+send. An item already claimed into a batch is checked at send time by
+``contacts_unsubscribed_from`` (see there).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core import signing
+from django.db import transaction
+from django.urls import reverse
+
+from .models import Campaign, CampaignItem, Contact, ContactList, Subscription
+
+PREFERENCES_SALT = "herald.preferences"
+SKIP_REASON = "unsubscribed"
+_WAITING = (CampaignItem.Status.PENDING, CampaignItem.Status.DEFERRED)
+
+
+def _signer() -> signing.Signer:
+    return signing.Signer(salt=PREFERENCES_SALT)
+
+
+def preferences_url(*, contact_id: int) -> str:
+    """The "Manage subscriptions" link for one contact. It does not expire:
+    a link in a year-old email must still let its reader leave."""
+    signed = _signer().sign(str(contact_id))
+    return settings.HERALD_PUBLIC_URL + reverse("campaigns:preferences", args=[signed])
+
+
+def preferences_contact(*, signed: str) -> Contact | None:
+    """The contact a link was signed for; None for a forged or altered one."""
+    try:
+        contact_id = int(_signer().unsign(signed))
+    except (signing.BadSignature, ValueError):
+        return None
+    return Contact.objects.filter(pk=contact_id).first()
+
+
+def contact_lists(*, contact: Contact) -> list[ContactList]:
+    return list(ContactList.objects.filter(subscription__contact=contact).order_by("name"))
+
+
+def _waiting_items_skip(contact: Contact) -> int:
+    """Skip the contact's waiting items of campaigns none of whose lists
+    still holds them. A claimed item is not touched (its batch is being
+    sent); the conditional update leaves it alone even if claimed meanwhile."""
+    still_reached = Campaign.objects.filter(lists__subscription__contact=contact).values("pk")
+    return (
+        CampaignItem.objects.filter(contact=contact, status__in=_WAITING)
+        .exclude(campaign_id__in=still_reached)
+        .update(status=CampaignItem.Status.SKIPPED, skip_reason=SKIP_REASON, next_attempt_at=None)
+    )
+
+
+def subscriptions_keep(*, contact: Contact, list_ids: set[int]) -> list[str]:
+    """Keep the contact on ``list_ids`` only (of the lists they are on);
+    returns the names of the lists they left."""
+    with transaction.atomic():
+        leaving = Subscription.objects.filter(contact=contact).exclude(contact_list_id__in=list_ids)
+        names = sorted(leaving.values_list("contact_list__name", flat=True))
+        leaving.delete()
+        _waiting_items_skip(contact)
+    return names
+
+
+def contact_unsubscribe_all(*, contact: Contact) -> None:
+    """No more campaigns at all: the contact's status, which every send
+    checks, and their waiting items skipped at once."""
+    with transaction.atomic():
+        Contact.objects.filter(pk=contact.pk, status=Contact.Status.ACTIVE).update(
+            status=Contact.Status.UNSUBSCRIBED,
+            source=contact.source or "unsubscribe:preferences",
+        )
+        CampaignItem.objects.filter(contact=contact, status__in=_WAITING).update(
+            status=CampaignItem.Status.SKIPPED, skip_reason=SKIP_REASON, next_attempt_at=None
+        )
+
+
+def contacts_unsubscribed_from(*, campaign_id: int, contact_ids: list[int]) -> set[int]:
+    """Of ``contact_ids``, those no list of the campaign holds any more.
+
+    The hook for send time: campaigns.services' batch send should skip
+    these (reason "unsubscribed") as it skips suppressed contacts, with
+    one query per batch, so that a contact who leaves a list while their
+    item is already claimed still gets nothing."""
+    still = Subscription.objects.filter(
+        contact_id__in=contact_ids, contact_list__campaigns=campaign_id
+    ).values_list("contact_id", flat=True)
+    return set(contact_ids) - set(still)
