@@ -43,7 +43,9 @@ test: $(VENV)/.installed-dev test-system-deps
 # Dovecot and Postfix for the real-server bounce tests), installed without
 # prompts when missing and when apt-get can run (as root). Each entry is
 # command:packages (comma-separated). Without them those tests are skipped
-# locally and fail in CI.
+# locally and fail in CI. Debian starts the daemons of the packages it
+# installs on the standard ports: they are stopped at once, since the tests
+# start their own on high loopback ports.
 SYSTEM_TEST_PACKAGES := chromium:chromium dovecot:dovecot-imapd,dovecot-pop3d postfix:postfix
 test-system-deps:
 	@missing=""; for p in $(SYSTEM_TEST_PACKAGES); do \
@@ -55,6 +57,8 @@ test-system-deps:
 	    export DEBIAN_FRONTEND=noninteractive; \
 	    apt-get install -y -q --no-install-recommends $$missing >/dev/null \
 	      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; \
+	    /usr/sbin/postfix stop >/dev/null 2>&1 || true; \
+	    /usr/sbin/dovecot stop >/dev/null 2>&1 || true; \
 	  else \
 	    echo "make test: $$missing missing and cannot be installed here; the tests that need them will be skipped"; \
 	  fi; \
