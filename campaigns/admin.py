@@ -102,6 +102,7 @@ class CampaignAdmin(admin.ModelAdmin):
         "dispatcher",
         "scheduled_at",
         "completed_at",
+        "report_link",
     )
     list_filter = ("status", "kind", "dispatcher")
     search_fields = ("name",)
@@ -113,6 +114,7 @@ class CampaignAdmin(admin.ModelAdmin):
         "started_at",
         "completed_at",
         "created_by",
+        "report_link",
     )
     actions = ("schedule_now", "pause", "resume")
 
@@ -128,7 +130,15 @@ class CampaignAdmin(admin.ModelAdmin):
         ]
         if obj is None:
             return fields
-        return [*fields, "status_badge", "paused_reason", "progress", "started_at", "completed_at"]
+        return [
+            *fields,
+            "report_link",
+            "status_badge",
+            "paused_reason",
+            "progress",
+            "started_at",
+            "completed_at",
+        ]
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         if obj is not None and obj.status != Campaign.Status.DRAFT:
@@ -163,6 +173,11 @@ class CampaignAdmin(admin.ModelAdmin):
             obj.paused_reason,
             obj.get_status_display(),
         )
+
+    @admin.display(description="report")
+    def report_link(self, obj: Campaign) -> SafeString:
+        url = reverse("campaigns:campaign_report", args=[obj.pk])
+        return format_html('<a href="{}">Report, actions and preview</a>', url)
 
     @admin.display(description="progress")
     def progress(self, obj: Campaign) -> SafeString:

@@ -6,4 +6,5 @@ app_name = "campaigns"
 urlpatterns = [
     path("u/<str:signed>/", views.unsubscribe, name="unsubscribe"),
     path("", include("campaigns.import_urls")),
+    path("", include("campaigns.campaign_urls")),
 ]
