@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import report_views
+from . import action_views, report_views
 
 # Included from campaigns/urls.py: names live in the "campaigns" namespace.
 urlpatterns = [
@@ -10,5 +10,10 @@ urlpatterns = [
         "campaigns/<int:pk>/recipients.csv",
         report_views.campaign_recipients_export,
         name="campaign_export",
+    ),
+    path(
+        "campaigns/<int:pk>/actions/<str:action>/",
+        action_views.campaign_action,
+        name="campaign_action",
     ),
 ]

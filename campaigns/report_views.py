@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.http import urlencode
 from django.utils.text import slugify
 
-from . import exports, reports
+from . import action_views, exports, reports
 from .models import Campaign, CampaignItem
 
 
@@ -67,7 +67,12 @@ def report_context(request: HttpRequest, campaign: Campaign) -> tuple[dict[str, 
         "query": query,
         "polling": campaign.is_live or campaign.status == Campaign.Status.PAUSED,
         "opts": Campaign._meta,
+        "actions": action_views.actions_for(request.user, campaign),
     }
+    if campaign.status == Campaign.Status.DRAFT:
+        # Before scheduling: whom it would reach, and how many are held back.
+        context["audience"] = reports.audience_counts(campaign=campaign)
+        context["schedule_form"] = action_views.ScheduleForm()
     return context, status
 
 

@@ -13,7 +13,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
 
-from .models import Campaign, CampaignItem
+from .models import Campaign, CampaignItem, Contact, Subscription, Suppression
 from .selectors import campaign_counts
 
 S = CampaignItem.Status
@@ -313,3 +313,45 @@ def recipients_export_rows(*, campaign: Campaign, status: str = "") -> Iterator[
         if len(chunk) < EXPORT_PAGE:
             return
         after = chunk[-1][0]
+
+
+# --- the audience, before scheduling ------------------------------------------
+
+
+@dataclass(frozen=True)
+class AudienceCounts:
+    total: int  # distinct contacts on the campaign's lists
+    suppressed: int  # of those: suppressed, unsubscribed, bounced or complained
+
+    @property
+    def receiving(self) -> int:
+        return self.total - self.suppressed
+
+
+_AUDIENCE = """
+    SELECT count(*),
+           count(*) FILTER (WHERE c.status <> 'active' OR EXISTS (
+               SELECT 1 FROM {suppression} x
+               WHERE x.pattern IN (lower(c.email), '*@' || split_part(lower(c.email), '@', 2))))
+    FROM {contact} c
+    WHERE EXISTS (
+        SELECT 1 FROM {subscription} s
+        JOIN {campaign_lists} cl ON cl.contactlist_id = s.contact_list_id
+        WHERE s.contact_id = c.id AND cl.campaign_id = %(campaign)s)
+"""
+
+
+def audience_counts(*, campaign: Campaign) -> AudienceCounts:
+    """Who the campaign would reach if scheduled now, with the same verdict
+    item generation gives (skipped as suppressed or for the contact's
+    status). A count over contacts, shown on drafts only."""
+    sql = _AUDIENCE.format(
+        contact=Contact._meta.db_table,
+        subscription=Subscription._meta.db_table,
+        campaign_lists=Campaign.lists.through._meta.db_table,
+        suppression=Suppression._meta.db_table,
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, {"campaign": campaign.pk})
+        total, suppressed = cur.fetchone()
+    return AudienceCounts(total=total, suppressed=suppressed)
