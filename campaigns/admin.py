@@ -79,8 +79,13 @@ class SuppressionAdmin(admin.ModelAdmin):
 
 @admin.register(Template)
 class TemplateAdmin(admin.ModelAdmin):
-    list_display = ("name", "subject", "updated_at")
+    list_display = ("name", "subject", "updated_at", "preview_link")
     search_fields = ("name", "subject")
+
+    @admin.display(description="preview")
+    def preview_link(self, obj: Template) -> SafeString:
+        url = reverse("campaigns:template_preview", args=[obj.pk])
+        return format_html('<a href="{}">Preview and test send</a>', url)
 
 
 _STATUS_BADGE = {

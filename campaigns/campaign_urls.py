@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import action_views, report_views
+from . import action_views, preview_views, report_views
 
 # Included from campaigns/urls.py: names live in the "campaigns" namespace.
 urlpatterns = [
@@ -15,5 +15,15 @@ urlpatterns = [
         "campaigns/<int:pk>/actions/<str:action>/",
         action_views.campaign_action,
         name="campaign_action",
+    ),
+    path(
+        "campaigns/<int:pk>/preview/",
+        preview_views.campaign_preview_page,
+        name="campaign_preview",
+    ),
+    path(
+        "templates/<int:pk>/preview/",
+        preview_views.template_preview_page,
+        name="template_preview",
     ),
 ]

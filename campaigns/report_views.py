@@ -10,6 +10,7 @@ from django.contrib import admin
 from django.contrib.auth.decorators import login_required, permission_required
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 from django.utils.text import slugify
@@ -69,6 +70,8 @@ def report_context(request: HttpRequest, campaign: Campaign) -> tuple[dict[str, 
         "opts": Campaign._meta,
         "actions": action_views.actions_for(request.user, campaign),
     }
+    if request.user.has_perm("campaigns.view_template"):
+        context["preview_url"] = reverse("campaigns:campaign_preview", args=[campaign.pk])
     if campaign.status == Campaign.Status.DRAFT:
         # Before scheduling: whom it would reach, and how many are held back.
         context["audience"] = reports.audience_counts(campaign=campaign)
