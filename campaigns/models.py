@@ -136,6 +136,57 @@ class Template(models.Model):
             raise ValidationError("Write an HTML body, a plain-text body, or both.")
 
 
+SEGMENT_OPERATORS = {
+    "equals": "is",
+    "not_equals": "is not",
+    "contains": "contains (text)",
+    "exists": "is set",
+    "missing": "is not set",
+}
+
+
+class Segment(models.Model):
+    """A saved filter over contacts, evaluated when used (so its count and
+    its members are always current). Every part given must hold."""
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    statuses = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Contact statuses to keep, e.g. ["active"]. Empty: any status.',
+    )
+    lists = models.ManyToManyField(
+        ContactList,
+        blank=True,
+        related_name="segments",
+        verbose_name="on any of these lists",
+        help_text="Empty: list membership does not matter.",
+    )
+    not_lists = models.ManyToManyField(
+        ContactList, blank=True, related_name="+", verbose_name="on none of these lists"
+    )
+    conditions = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Custom attribute conditions, e.g. [{"attribute": "plan", "op": "equals", '
+        '"value": "gold"}]. Operators: ' + ", ".join(SEGMENT_OPERATORS) + ".",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from .audience import segment_rules_check
+
+        segment_rules_check(statuses=self.statuses, conditions=self.conditions)
+
+
 class Campaign(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"
@@ -159,7 +210,16 @@ class Campaign(models.Model):
         "the message goes out (e.g. 1 day).",
     )
     template = models.ForeignKey(Template, on_delete=models.PROTECT)
-    lists = models.ManyToManyField(ContactList, related_name="campaigns")
+    lists = models.ManyToManyField(ContactList, related_name="campaigns", blank=True)
+    segments = models.ManyToManyField(
+        Segment, related_name="campaigns", blank=True, help_text="Also send to these segments."
+    )
+    exclude_lists = models.ManyToManyField(
+        ContactList, related_name="excluded_from", blank=True, verbose_name="except lists"
+    )
+    exclude_segments = models.ManyToManyField(
+        Segment, related_name="excluded_from", blank=True, verbose_name="except segments"
+    )
     dispatcher = models.ForeignKey(Dispatcher, on_delete=models.PROTECT, related_name="campaigns")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
     scheduled_at = models.DateTimeField(null=True, blank=True)

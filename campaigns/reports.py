@@ -13,7 +13,8 @@ from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
 
-from .models import Campaign, CampaignItem, Contact, Subscription, Suppression
+from .audience import audience_sql
+from .models import Campaign, CampaignItem, Suppression
 from .selectors import campaign_counts
 
 S = CampaignItem.Status
@@ -333,25 +334,18 @@ _AUDIENCE = """
            count(*) FILTER (WHERE c.status <> 'active' OR EXISTS (
                SELECT 1 FROM {suppression} x
                WHERE x.pattern IN (lower(c.email), '*@' || split_part(lower(c.email), '@', 2))))
-    FROM {contact} c
-    WHERE EXISTS (
-        SELECT 1 FROM {subscription} s
-        JOIN {campaign_lists} cl ON cl.contactlist_id = s.contact_list_id
-        WHERE s.contact_id = c.id AND cl.campaign_id = %(campaign)s)
+    FROM (__AUDIENCE__) AS c (id, email, status)
 """
 
 
 def audience_counts(*, campaign: Campaign) -> AudienceCounts:
-    """Who the campaign would reach if scheduled now, with the same verdict
-    item generation gives (skipped as suppressed or for the contact's
-    status). A count over contacts, shown on drafts only."""
-    sql = _AUDIENCE.format(
-        contact=Contact._meta.db_table,
-        subscription=Subscription._meta.db_table,
-        campaign_lists=Campaign.lists.through._meta.db_table,
-        suppression=Suppression._meta.db_table,
-    )
+    """Who the campaign would reach if scheduled now (lists, segments,
+    exclusions), with the verdict item generation gives: skipped as
+    suppressed or for the contact's status. A count over contacts, shown
+    on drafts and in confirmations only."""
+    audience, params = audience_sql(campaign=campaign)
+    sql = _AUDIENCE.format(suppression=Suppression._meta.db_table).replace("__AUDIENCE__", audience)
     with connection.cursor() as cur:
-        cur.execute(sql, {"campaign": campaign.pk})
+        cur.execute(sql, params)
         total, suppressed = cur.fetchone()
     return AudienceCounts(total=total, suppressed=suppressed)

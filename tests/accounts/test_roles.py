@@ -439,6 +439,10 @@ MARKETER_PERMISSIONS = {
 } | {
     ("campaigns", "pause_campaign"),
     ("campaigns", "view_campaignitem"),
+    ("campaigns", "add_segment"),
+    ("campaigns", "change_segment"),
+    ("campaigns", "delete_segment"),
+    ("campaigns", "view_segment"),
     ("bounces", "view_bounce"),
     ("api", "add_apitoken"),
     ("api", "view_apitoken"),
@@ -479,7 +483,7 @@ def test_the_three_roles_exist() -> None:
 
 
 def test_marketer_permissions_are_exactly() -> None:
-    assert len(MARKETER_PERMISSIONS) == 30
+    assert len(MARKETER_PERMISSIONS) == 34
     assert permissions_of(MARKETER) == MARKETER_PERMISSIONS
 
 
