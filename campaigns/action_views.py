@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import zoneinfo
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django import forms
@@ -101,7 +101,7 @@ class ScheduleForm(forms.Form):
             # The browser sends the wall-clock time; it means that time in
             # the chosen zone, not in the server's.
             data["when"] = timezone.make_aware(timezone.make_naive(when), zone)
-            if data["when"] < timezone.now() - timezone.timedelta(minutes=1):
+            if data["when"] < timezone.now() - timedelta(minutes=1):
                 raise forms.ValidationError("That time is in the past; leave it empty to send now.")
         return data
 
@@ -113,10 +113,12 @@ def confirm_count(action: Action, campaign: Campaign) -> tuple[int, str]:
             campaign=campaign
         ).failed, "failed recipients go back to unsent"
     if action.key == "cancel":
-        if campaign.status == C.SCHEDULED:
-            n = reports.audience_counts(campaign=campaign).receiving
-            return n, "recipients will not get it"
         c = reports.report_counts(campaign=campaign)
+        if campaign.kind == Campaign.Kind.REGULAR and not campaign.audience_complete:
+            # Part of the audience has no item yet: count people, not items.
+            reached = c.sent + c.failed + c.bounced
+            n = max(reports.audience_counts(campaign=campaign).receiving - reached, 0)
+            return n, "recipients will not get it"
         return c.pending + c.deferred, "unsent messages will not be sent"
     audience = reports.audience_counts(campaign=campaign)
     return audience.receiving, "recipients on its lists get it again, in a new campaign"

@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from .audience import audience_sql
-from .models import Campaign, CampaignItem, Suppression
+from .models import Campaign, CampaignItem, Contact, Suppression
 from .selectors import campaign_counts
 
 S = CampaignItem.Status
@@ -206,31 +206,59 @@ def _last_error(status: str, code: int | None, response: str, skip_reason: str) 
     return f"{code} {response}".strip() if code else response
 
 
-def _rows_query(campaign: Campaign, *, email: str = "", status: str = "") -> Any:
+_ITEM_FIELDS = (
+    "contact_id",
+    "status",
+    "attempts",
+    "smtp_code",
+    "smtp_response",
+    "skip_reason",
+    "sent_at",
+    "possibly_duplicated",
+)
+
+
+def _chunk(
+    campaign: Campaign,
+    *,
+    email: str = "",
+    status: str = "",
+    after: int | None = None,
+    before: int | None = None,
+    size: int,
+) -> list[RecipientRow]:
+    """Up to `size` recipients past the cursor, in contact order (reversed
+    when paging back).
+
+    Items are read alone, then their addresses by primary key: joined in
+    one query, PostgreSQL merge-joins and walks the contacts' index from
+    the start to the cursor (300 ms in the middle of a million)."""
     items = CampaignItem.objects.filter(campaign=campaign)
     if status == S.PENDING:
         items = items.filter(status__in=[S.PENDING, S.CLAIMED])
     elif status:
         items = items.filter(status=status)
+    if after is not None:
+        items = items.filter(contact_id__gt=after)
+    if before is not None:
+        items = items.filter(contact_id__lt=before)
     if email:
         # Addresses are stored lower case; a prefix match uses the unique
         # email index (Django adds its varchar_pattern_ops twin).
-        items = items.filter(contact__email__startswith=email.strip().lower())
-    return items.values_list(
-        "contact_id",
-        "contact__email",
-        "status",
-        "attempts",
-        "smtp_code",
-        "smtp_response",
-        "skip_reason",
-        "sent_at",
-        "possibly_duplicated",
-    )
+        contacts = Contact.objects.filter(email__startswith=email.strip().lower())
+        if after is not None:
+            contacts = contacts.filter(pk__gt=after)
+        if before is not None:
+            contacts = contacts.filter(pk__lt=before)
+        items = items.filter(contact_id__in=contacts.values("pk"))
+    order = "-contact_id" if before is not None else "contact_id"
+    values = list(items.order_by(order).values_list(*_ITEM_FIELDS)[:size])
+    emails = dict(Contact.objects.filter(pk__in=[v[0] for v in values]).values_list("pk", "email"))
+    return [_row(v, emails.get(v[0], "")) for v in values]
 
 
-def _row(values: tuple[Any, ...]) -> RecipientRow:
-    contact_id, email, status, attempts, code, response, skip, sent_at, dup = values
+def _row(values: tuple[Any, ...], email: str) -> RecipientRow:
+    contact_id, status, attempts, code, response, skip, sent_at, dup = values
     return RecipientRow(
         contact_id=contact_id,
         email=email,
@@ -258,21 +286,17 @@ def recipients_page(
     whatever page it is, with no OFFSET and no COUNT(*). Rare statuses
     (failed, bounced, deferred, skipped) have their own partial index, so
     filtering on them skips the sent majority."""
-    rows = _rows_query(campaign, email=email, status=status)
+    filters = {"email": email, "status": status}
     if before is not None:
-        chunk = list(rows.filter(contact_id__lt=before).order_by("-contact_id")[: size + 1])
-        more_before = len(chunk) > size
-        chunk = chunk[:size][::-1]
-        page = [_row(v) for v in chunk]
+        chunk = _chunk(campaign, **filters, before=before, size=size + 1)
+        page = chunk[:size][::-1]
         return RecipientPage(
             rows=page,
             next_after=page[-1].contact_id if page else None,
-            prev_before=page[0].contact_id if page and more_before else None,
+            prev_before=page[0].contact_id if page and len(chunk) > size else None,
         )
-    if after is not None:
-        rows = rows.filter(contact_id__gt=after)
-    chunk = list(rows.order_by("contact_id")[: size + 1])
-    page = [_row(v) for v in chunk[:size]]
+    chunk = _chunk(campaign, **filters, after=after, size=size + 1)
+    page = chunk[:size]
     return RecipientPage(
         rows=page,
         next_after=page[-1].contact_id if page and len(chunk) > size else None,
@@ -296,13 +320,8 @@ def recipients_export_rows(*, campaign: Campaign, status: str = "") -> Iterator[
     yield list(EXPORT_COLUMNS)
     after = 0
     while True:
-        chunk = list(
-            _rows_query(campaign, status=status)
-            .filter(contact_id__gt=after)
-            .order_by("contact_id")[:EXPORT_PAGE]
-        )
-        for values in chunk:
-            row = _row(values)
+        chunk = _chunk(campaign, status=status, after=after, size=EXPORT_PAGE)
+        for row in chunk:
             yield [
                 row.email,
                 row.status,
@@ -313,7 +332,7 @@ def recipients_export_rows(*, campaign: Campaign, status: str = "") -> Iterator[
             ]
         if len(chunk) < EXPORT_PAGE:
             return
-        after = chunk[-1][0]
+        after = chunk[-1].contact_id
 
 
 # --- the audience, before scheduling ------------------------------------------

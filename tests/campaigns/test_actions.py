@@ -176,6 +176,7 @@ def test_an_operator_pauses_and_resumes_but_may_not_cancel_or_duplicate(client: 
 
 def test_cancel_asks_first_naming_the_unsent_count(client: Client) -> None:
     sending = campaign_in(C.SENDING)
+    Campaign.objects.filter(pk=sending.pk).update(audience_complete=True)
     bulk_items(sending, 7, status=S.PENDING, prefix="p")
     bulk_items(sending, 2, status=S.DEFERRED, prefix="d")
     bulk_items(sending, 5, status=S.SENT, prefix="s", sent_at=timezone.now())
@@ -189,6 +190,21 @@ def test_cancel_asks_first_naming_the_unsent_count(client: Client) -> None:
 
     client.post(url, {"confirmed": "yes"})
     assert status_of(sending) == C.CANCELLED
+
+
+def test_cancelling_before_the_audience_is_paged_in_names_the_people_left(
+    client: Client,
+) -> None:
+    audience = make_audience(6)
+    Suppression.objects.create(pattern="user5@example.org")
+    scheduled = campaign_in(C.SCHEDULED, [audience])
+    login_as(client, MARKETER)
+    url = reverse("campaigns:campaign_action", args=[scheduled.pk, "cancel"])
+
+    assert "5 recipients will not get it" in client.get(url).content.decode()
+    client.post(url, {"confirmed": "yes"})
+
+    assert status_of(scheduled) == C.CANCELLED
 
 
 def test_reset_failed_names_the_count_and_sends_a_completed_campaign_again(
