@@ -251,3 +251,40 @@ def test_someone_without_a_role_cannot_read_the_report_or_export(
     assert report(client, campaign).status_code == 403
     export = client.get(reverse("campaigns:campaign_export", args=[campaign.pk]))
     assert export.status_code == 403
+
+
+def test_the_report_tells_the_fate_of_each_recipient_of_a_real_send(client: Client) -> None:
+    from campaigns import services
+    from campaigns.models import Contact, Suppression
+    from tests.helpers import make_audience, make_smtp_server
+    from tests.smtp import SmtpSink
+
+    refuse = {"user1@example.org": "550 5.1.1 No such user", "user2@example.org": "451 4.3.0 Busy"}
+    with SmtpSink(rcpt_rule=lambda a: refuse.get(a)) as sink:
+        dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
+        campaign = make_campaign(
+            dispatcher=dispatcher, lists=[make_audience(6)], status=Campaign.Status.SCHEDULED
+        )
+        Suppression.objects.create(pattern="user3@example.org")
+        Contact.objects.filter(email="user4@example.org").update(status="unsubscribed")
+        services.items_generate()
+        while (batch := services.batch_claim(dispatcher_id=dispatcher.pk)) is not None:
+            services.batch_send(batch_id=batch.pk)
+    login_as(client, MARKETER)
+
+    html = report(client, campaign).content.decode()
+
+    counts = {n: stat(html, n) for n in ("sent", "failed", "deferred", "skipped", "pending")}
+    assert counts == {"sent": "2", "failed": "1", "deferred": "1", "skipped": "2", "pending": "0"}
+    rows = dict(re.findall(r"<tr><td>([^<]+@example\.org)</td><td>([^<]+)</td>", html))
+    assert rows == {
+        "user0@example.org": "Sent",
+        "user1@example.org": "Failed",
+        "user2@example.org": "Deferred",
+        "user3@example.org": "Skipped",
+        "user4@example.org": "Skipped",
+        "user5@example.org": "Sent",
+    }
+    assert "550 5.1.1 No such user" in html
+    charted = re.findall(r"<title>\d\d:\d\d: (\d+) sent</title>", html)
+    assert sum(map(int, charted)) == 2  # on the chart, one or two minutes
