@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
@@ -90,8 +91,22 @@ class TemplateAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">Preview and test send</a>', url)
 
 
+class SegmentForm(forms.ModelForm):
+    statuses = forms.MultipleChoiceField(
+        choices=Contact.Status.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: any status.",
+    )
+
+    class Meta:
+        model = Segment
+        fields = ("name", "description", "statuses", "lists", "not_lists", "conditions")
+
+
 @admin.register(Segment)
 class SegmentAdmin(admin.ModelAdmin):
+    form = SegmentForm
     list_display = ("name", "description", "updated_at")
     search_fields = ("name",)
     filter_horizontal = ("lists", "not_lists")

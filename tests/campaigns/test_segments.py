@@ -203,3 +203,26 @@ def test_a_marketer_sees_a_segments_live_count_and_an_operator_cannot(
     client.logout()
     login_as(client, OPERATOR)
     assert client.get(url).status_code == 403
+
+
+def test_a_marketer_builds_a_segment_in_the_admin_and_bad_rules_are_refused(
+    client: Client, cast: dict[str, Any]
+) -> None:
+    login_as(client, MARKETER)
+    url = reverse("admin:campaigns_segment_add")
+    data = {
+        "name": "Gold on news",
+        "description": "",
+        "statuses": ["active"],
+        "lists": [cast["news"].pk],
+        "conditions": '[{"attribute": "plan", "op": "equals", "value": "gold"}]',
+    }
+
+    refused = client.post(url, {**data, "conditions": '[{"attribute": "plan", "op": "~"}]'})
+    assert refused.status_code == 200 and "unknown operator" in refused.content.decode()
+    assert not Segment.objects.exists()
+
+    client.post(url, data)
+    made = Segment.objects.get()
+    assert made.statuses == ["active"]
+    assert members(made) == ["gold2@example.org", "gold@example.org"]
