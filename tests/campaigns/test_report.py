@@ -288,3 +288,11 @@ def test_the_report_tells_the_fate_of_each_recipient_of_a_real_send(client: Clie
     assert "550 5.1.1 No such user" in html
     charted = re.findall(r"<title>\d\d:\d\d: (\d+) sent</title>", html)
     assert sum(map(int, charted)) == 2  # on the chart, one or two minutes
+
+
+def test_a_live_campaign_on_the_dashboard_opens_its_report(
+    client: Client, campaign: Campaign
+) -> None:
+    login_as(client, OPERATOR)
+    html = client.get(reverse("admin:index")).content.decode()
+    assert f'href="/campaigns/{campaign.pk}/"><strong>{campaign.name}</strong>' in html
