@@ -23,6 +23,7 @@ ROLE_PERMISSIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "campaigns.subscription": _CRUD,
         "campaigns.suppression": _CRUD,
         "campaigns.template": _CRUD,
+        "campaigns.segment": _CRUD,
         "campaigns.campaign": (*_CRUD, "pause_campaign"),
         "campaigns.campaignitem": ("view",),
         "campaigns.marketingconfiguration": ("change", "view"),

@@ -8,7 +8,6 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.response import HttpResponseBase
 from django.template.loader import render_to_string
-from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
@@ -16,13 +15,15 @@ from django.utils.safestring import SafeString
 
 from dispatchers.models import Dispatcher
 
-from . import resend, services
+from . import services
+from .audience import segment_count
 from .models import (
     Campaign,
     CampaignItem,
     Contact,
     ContactList,
     MarketingConfiguration,
+    Segment,
     Subscription,
     Suppression,
     Template,
@@ -87,8 +88,43 @@ class SuppressionAdmin(admin.ModelAdmin):
 
 @admin.register(Template)
 class TemplateAdmin(admin.ModelAdmin):
-    list_display = ("name", "subject", "updated_at")
+    list_display = ("name", "subject", "updated_at", "preview_link")
     search_fields = ("name", "subject")
+
+    @admin.display(description="preview")
+    def preview_link(self, obj: Template) -> SafeString:
+        url = reverse("campaigns:template_preview", args=[obj.pk])
+        return format_html('<a href="{}">Preview and test send</a>', url)
+
+
+class SegmentForm(forms.ModelForm):
+    statuses = forms.MultipleChoiceField(
+        choices=Contact.Status.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: any status.",
+    )
+
+    class Meta:
+        model = Segment
+        fields = ("name", "description", "statuses", "lists", "not_lists", "conditions")
+
+
+@admin.register(Segment)
+class SegmentAdmin(admin.ModelAdmin):
+    form = SegmentForm
+    list_display = ("name", "description", "updated_at")
+    search_fields = ("name",)
+    filter_horizontal = ("lists", "not_lists")
+    readonly_fields = ("contacts_now",)
+    fields = ("name", "description", "contacts_now", "statuses", "lists", "not_lists", "conditions")
+
+    @admin.display(description="contacts now")
+    def contacts_now(self, obj: Segment) -> str:
+        # Counted when the page opens: a segment is a live filter.
+        if obj.pk is None:
+            return "Counted once saved."
+        return f"{segment_count(segment=obj)} contact(s) match today."
 
 
 _STATUS_BADGE = {
@@ -137,10 +173,11 @@ class CampaignAdmin(admin.ModelAdmin):
         "dispatcher",
         "scheduled_at",
         "completed_at",
+        "report_link",
     )
     list_filter = ("status", "kind", "dispatcher")
     search_fields = ("name",)
-    filter_horizontal = ("lists",)
+    filter_horizontal = ("lists", "segments", "exclude_lists", "exclude_segments")
     readonly_fields = (
         "status_badge",
         "paused_reason",
@@ -148,8 +185,9 @@ class CampaignAdmin(admin.ModelAdmin):
         "started_at",
         "completed_at",
         "created_by",
+        "report_link",
     )
-    actions = ("schedule_now", "pause", "resume", "resend_all", "retry_failed")
+    actions = ("schedule_now", "pause", "resume")
 
     def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         fields = [
@@ -163,13 +201,24 @@ class CampaignAdmin(admin.ModelAdmin):
             "track_opens",
             "track_clicks",
             "lists",
+            "segments",
+            "exclude_lists",
+            "exclude_segments",
             "dispatcher",
             "pool",
             "scheduled_at",
         ]
         if obj is None:
             return fields
-        return [*fields, "status_badge", "paused_reason", "progress", "started_at", "completed_at"]
+        return [
+            *fields,
+            "report_link",
+            "status_badge",
+            "paused_reason",
+            "progress",
+            "started_at",
+            "completed_at",
+        ]
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         if obj is not None and obj.status != Campaign.Status.DRAFT:
@@ -184,6 +233,9 @@ class CampaignAdmin(admin.ModelAdmin):
                 "track_opens",
                 "track_clicks",
                 "lists",
+                "segments",
+                "exclude_lists",
+                "exclude_segments",
                 "dispatcher",
                 "pool",
                 "scheduled_at",
@@ -210,6 +262,11 @@ class CampaignAdmin(admin.ModelAdmin):
             obj.paused_reason,
             obj.get_status_display(),
         )
+
+    @admin.display(description="report")
+    def report_link(self, obj: Campaign) -> SafeString:
+        url = reverse("campaigns:campaign_report", args=[obj.pk])
+        return format_html('<a href="{}">Report, actions and preview</a>', url)
 
     @admin.display(description="progress")
     def progress(self, obj: Campaign) -> SafeString:
@@ -240,70 +297,6 @@ class CampaignAdmin(admin.ModelAdmin):
     def resume(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
         n = sum(services.campaign_resume(campaign=c) for c in queryset)
         self.message_user(request, f"Resumed {n} campaign(s).", messages.SUCCESS)
-
-    @admin.action(
-        description="Set all recipients to unsent and send again…", permissions=["change"]
-    )
-    def resend_all(
-        self, request: HttpRequest, queryset: QuerySet[Campaign]
-    ) -> TemplateResponse | None:
-        return self._resend(
-            request,
-            queryset,
-            action="resend_all",
-            count=resend.campaign_items_resettable,
-            run=resend.campaign_items_reset,
-            what="recipients",
-            consequence="Every one of them is sent the campaign again, as a new message. "
-            "Suppressed, unsubscribed and bounced contacts are still skipped.",
-        )
-
-    @admin.action(description="Set erroneous entries back to unsent…", permissions=["change"])
-    def retry_failed(
-        self, request: HttpRequest, queryset: QuerySet[Campaign]
-    ) -> TemplateResponse | None:
-        return self._resend(
-            request,
-            queryset,
-            action="retry_failed",
-            count=resend.campaign_items_failed,
-            run=resend.campaign_failed_retry,
-            what="failed recipients",
-            consequence="They are tried again; those sent already are not.",
-        )
-
-    def _resend(  # type: ignore[no-untyped-def]
-        self, request, queryset, *, action, count, run, what, consequence
-    ) -> TemplateResponse | None:
-        rows = [(c, count(campaign=c).count()) for c in queryset.order_by("name")]
-        total = sum(n for _, n in rows)
-        if request.POST.get("confirm") != str(total):
-            # First pass, or the count changed since the page was shown:
-            # (re)confirm with the number it will really touch.
-            return TemplateResponse(
-                request,
-                "campaigns/confirm_resend.html",
-                {
-                    **self.admin_site.each_context(request),
-                    "opts": self.opts,
-                    "title": f"Set {what} back to unsent",
-                    "question": f"Set {total} {what} of {len(rows)} campaign(s) back to unsent?",
-                    "column": what.capitalize(),
-                    "consequence": consequence,
-                    "rows": rows,
-                    "total": total,
-                    "action": action,
-                    "button": f"Yes, set {total} {what} to unsent",
-                },
-            )
-        done = 0
-        for campaign, _ in rows:
-            try:
-                done += run(campaign=campaign)
-            except ValidationError as exc:
-                self.message_user(request, exc.messages[0], messages.ERROR)
-        self.message_user(request, f"Set {done} {what} back to unsent.", messages.SUCCESS)
-        return None
 
 
 @admin.register(CampaignItem)

@@ -25,6 +25,7 @@ from dispatchers.transports import ConnectionLost, Outcome, SendResult, transpor
 from jobs.locks import BATCHES, advisory_lock
 from jobs.services import job_runs_prune, notification_raise, notification_resolve
 
+from .audience import audience_page_sql, campaign_has_rules
 from .messages import (
     CompiledTemplate,
     MessageBuildError,
@@ -34,7 +35,6 @@ from .messages import (
     verp_address,
 )
 from .models import Batch, Campaign, CampaignItem, Contact, Subscription, Suppression
-from .resend import campaign_failed_retry_after_sending
 from .selectors import campaign_counts
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ MAX_OPEN_BATCHES = 4
 def campaign_schedule(*, campaign: Campaign, when: datetime | None = None) -> None:
     if campaign.status != Campaign.Status.DRAFT:
         raise ValidationError(f"Only a draft can be scheduled; this one is {campaign.status}.")
-    if not campaign.lists.exists():
-        raise ValidationError("Choose at least one list to send to.")
+    if not (campaign.lists.exists() or campaign.segments.exists()):
+        raise ValidationError("Choose at least one list or segment to send to.")
     when = when or timezone.now()
     if campaign.kind == Campaign.Kind.AUTORESPONDER:
         # An autoresponder has no audience to page in: it answers those who
@@ -110,6 +110,9 @@ def campaign_duplicate(*, campaign: Campaign, user: AbstractBaseUser) -> Campaig
             created_by=user,
         )
         copy.lists.set(campaign.lists.all())
+        copy.segments.set(campaign.segments.all())
+        copy.exclude_lists.set(campaign.exclude_lists.all())
+        copy.exclude_segments.set(campaign.exclude_segments.all())
     return copy
 
 
@@ -205,6 +208,21 @@ def _items_insert(page: str, params: dict[str, object]) -> tuple[int, int | None
         return cur.fetchone()
 
 
+def _items_insert_audience(campaign: Campaign, page_size: int) -> tuple[int, int | None, int]:
+    """A page of an audience with segments or exclusions (campaigns/audience.py
+    builds it, with positional parameters, so the rest of the statement
+    takes the campaign id positionally too)."""
+    page, params = audience_page_sql(
+        campaign=campaign, after=campaign.generated_through, size=page_size
+    )
+    # Name the columns whatever aliases the ORM chose for them.
+    page = f"SELECT * FROM ({page}) AS a (id, email, status)"
+    sql = _items_sql("__PAGE__").replace("%(campaign)s", "%s").replace("__PAGE__", page)
+    with connection.cursor() as cur:
+        cur.execute(sql, [*params, campaign.pk])
+        return cur.fetchone()
+
+
 def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]:
     """Page one slice of the audience into items. Returns (done, inserted).
 
@@ -221,10 +239,13 @@ def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]
         )
         if campaign is None:
             return True, 0
-        paged, last_id, inserted = _items_insert(
-            _CAMPAIGN_PAGE,
-            {"after": campaign.generated_through, "campaign": campaign.pk, "size": page_size},
-        )
+        if campaign_has_rules(campaign):
+            paged, last_id, inserted = _items_insert_audience(campaign, page_size)
+        else:
+            paged, last_id, inserted = _items_insert(
+                _CAMPAIGN_PAGE,
+                {"after": campaign.generated_through, "campaign": campaign.pk, "size": page_size},
+            )
         done = paged < page_size
         campaign.generated_through = last_id or campaign.generated_through
         campaign.status = Campaign.Status.SENDING if done else Campaign.Status.GENERATING
@@ -737,6 +758,22 @@ def campaign_record_errors(*, campaign_id: int, trailing: int, reset: bool) -> N
 
 
 # --- complete ----------------------------------------------------------------
+
+
+def campaign_failed_retry_after_sending(*, campaign: Campaign) -> int:
+    """The dispatcher option "set erroneous entries back to unsent after
+    sending": when a campaign has nothing left to send, its failed items
+    get one more try. Only items that failed at their first and only
+    attempt qualify, and they keep that attempt, so a retry that fails
+    again is final; never a loop."""
+    return CampaignItem.objects.filter(campaign=campaign, status=S.FAILED, attempts=1).update(
+        status=S.PENDING,
+        batch=None,
+        next_attempt_at=None,
+        sending_started_at=None,
+        smtp_code=None,
+        smtp_response="",
+    )
 
 
 def campaigns_complete(*, now: datetime | None = None) -> int:

@@ -10,4 +10,5 @@ urlpatterns = [
     path("sms/status/<int:dispatcher_id>/", sms_views.twilio_status, name="twilio_status"),
     path("subscriptions/<str:signed>/", views.preferences, name="preferences"),
     path("", include("campaigns.import_urls")),
+    path("", include("campaigns.campaign_urls")),
 ]

@@ -1,6 +1,6 @@
-"""Sending again: all recipients (a deliberate resend, confirmed with the
-count it touches) or only the failed ones, by hand or by the dispatcher
-option "set erroneous entries back to unsent after sending"."""
+"""The dispatcher option "set erroneous entries back to unsent after
+sending": failed entries get one more try before the campaign completes.
+(Sending again by hand is the campaign page's: tests/campaigns/test_actions.py.)"""
 
 from __future__ import annotations
 
@@ -63,80 +63,6 @@ def act(client: Client, action: str, campaign: Campaign, **extra: str) -> str:
     if "confirm" not in extra:
         data["index"] = "0"  # as the changelist's action bar posts it
     return client.post(CHANGELIST, data, follow=True).content.decode()
-
-
-def test_sending_again_to_everyone_asks_first_naming_the_count(marketer: Client) -> None:
-    with SmtpSink() as sink:
-        dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
-        campaign = started(dispatcher)
-        send_all(dispatcher)
-        campaign.refresh_from_db()
-        assert campaign.status == Campaign.Status.COMPLETED
-        tokens = set(CampaignItem.objects.values_list("token", flat=True))
-
-        page = act(marketer, "resend_all", campaign)
-        assert "Set 3 recipients of 1 campaign(s) back to unsent?" in page
-        assert set(CampaignItem.objects.values_list("status", flat=True)) == {S.SENT}
-
-        page = act(marketer, "resend_all", campaign, confirm="3")
-        assert "Set 3 recipients back to unsent." in page
-        campaign.refresh_from_db()
-        assert campaign.status == Campaign.Status.SENDING
-        assert set(CampaignItem.objects.values_list("status", flat=True)) == {S.PENDING}
-        # A new Message-ID each: providers drop a Message-ID they already delivered.
-        assert tokens.isdisjoint(CampaignItem.objects.values_list("token", flat=True))
-
-        send_all(dispatcher)
-
-    assert sink.per_recipient() == {f"user{i}@example.org": 2 for i in range(3)}
-    message_ids = {str(r.message["Message-ID"]) for r in sink.received}
-    assert len(message_ids) == 6
-    campaign.refresh_from_db()
-    assert campaign.status == Campaign.Status.COMPLETED
-
-
-def test_a_confirmation_for_another_count_asks_again_and_changes_nothing(
-    marketer: Client,
-) -> None:
-    with SmtpSink() as sink:
-        dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
-        campaign = started(dispatcher)
-        send_all(dispatcher)
-
-    page = act(marketer, "resend_all", campaign, confirm="2")
-
-    assert "Set 3 recipients of 1 campaign(s) back to unsent?" in page
-    assert set(CampaignItem.objects.values_list("status", flat=True)) == {S.SENT}
-
-
-def test_only_the_failed_recipients_are_set_back_and_sent_again(marketer: Client) -> None:
-    seen, rule = refuse_once("user1@example.org")
-    with SmtpSink(rcpt_rule=rule) as sink:  # type: ignore[arg-type]
-        dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
-        campaign = started(dispatcher)
-        send_all(dispatcher)
-        assert CampaignItem.objects.get(contact__email="user1@example.org").status == S.FAILED
-
-        page = act(marketer, "retry_failed", campaign)
-        assert "Set 1 failed recipients of 1 campaign(s) back to unsent?" in page
-        act(marketer, "retry_failed", campaign, confirm="1")
-        send_all(dispatcher)
-
-    assert sink.per_recipient() == {f"user{i}@example.org": 1 for i in range(3)}
-    assert set(CampaignItem.objects.values_list("status", flat=True)) == {S.SENT}
-
-
-def test_a_draft_cannot_be_sent_again(marketer: Client) -> None:
-    dispatcher = make_dispatcher(
-        delivery_mode=Dispatcher.DeliveryMode.PICKUP, pickup_directory="/nonexistent"
-    )
-    draft = make_campaign(dispatcher=dispatcher, lists=[make_audience(1)])
-
-    page = act(marketer, "resend_all", draft, confirm="0")
-
-    assert "Only a campaign that is sending, paused or completed can send again" in page
-    draft.refresh_from_db()
-    assert draft.status == Campaign.Status.DRAFT
 
 
 def test_the_dispatcher_option_retries_failed_entries_once_before_completing() -> None:
