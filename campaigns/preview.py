@@ -3,6 +3,7 @@ segment count) and the test send to a few addresses."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import uuid
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from email_validator import EmailNotValidError, validate_email
 
 from dispatchers.models import Dispatcher
 from dispatchers.signing import signer_for
-from dispatchers.transports.base import ConnectionLost, Outcome, transport_for
+from dispatchers.transports.base import ConnectionLost, Outcome, Transport, transport_for
+from dispatchers.transports.smtp import SmtpTransport
+from smtpservers.services import personal_server_for
 
 from .messages import MessageBuildError, _context, message_build, template_compile
 from .models import Campaign, CampaignItem, Contact, Template
@@ -150,6 +153,15 @@ def recipients_clean(recipients: list[str]) -> list[str]:
     return clean
 
 
+def _test_transport(dispatcher: Dispatcher, user: AbstractBaseUser) -> Transport:
+    """The user's personal outbound server when they chose one, else the
+    dispatcher's own delivery (campaigns never use a personal server)."""
+    personal = personal_server_for(user=user)
+    if personal is not None:
+        return SmtpTransport(server=personal)
+    return transport_for(dispatcher)
+
+
 def template_test_send(
     *,
     template: Template,
@@ -170,7 +182,7 @@ def template_test_send(
     logger.info(
         "Test send of template %s by %s to %d address(es)", template.pk, user, len(addresses)
     )
-    transport = transport_for(dispatcher)
+    transport = _test_transport(dispatcher, user)
     try:
         transport.open()
     except ConnectionLost as exc:
@@ -178,19 +190,20 @@ def template_test_send(
     results: list[RecipientResult] = []
     try:
         for i, address in enumerate(addresses):
-            item = CampaignItem(campaign=campaign, contact=contact, token=f"test{uuid.uuid4().hex}")
+            # The contact's data, the tester's mailbox.
+            tester = copy.copy(contact)
+            tester.email = address
+            item = CampaignItem(campaign=campaign, contact=tester, token=f"test{uuid.uuid4().hex}")
             try:
                 message = message_build(
                     compiled=compiled,
                     item=item,
-                    contact=contact,
+                    contact=tester,
                     campaign=campaign,
                     dispatcher=dispatcher,
                 )
             except MessageBuildError as exc:
                 return [RecipientResult(a, False, str(exc)) for a in addresses]
-            del message["To"]
-            message["To"] = address  # the contact's data, the tester's mailbox
             if signer is not None:
                 message = signer.sign(message)
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import re
+from email.utils import parseaddr
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from django.urls import reverse
 from accounts.roles import ADMINISTRATOR, MARKETER, OPERATOR
 from campaigns.models import Campaign, Contact, Template
 from campaigns.preview import sms_segments, template_test_send
+from smtpservers.services import personal_server_set
 from tests.campaigns.cast import login_as
 from tests.helpers import make_campaign, make_dispatcher, make_smtp_server, make_template
 from tests.smtp import SmtpSink
@@ -151,9 +153,27 @@ def test_a_test_send_reaches_each_address_personalised_for_the_contact(
     assert "550" in rows[2][2] and "No such user" in rows[2][2]
     got = {r.recipients[0]: r.message for r in sink.received}
     assert set(got) == {"me@example.com", "boss@example.com"}
-    assert got["me@example.com"]["To"] == "me@example.com"
+    assert parseaddr(got["me@example.com"]["To"])[1] == "me@example.com"
     assert got["me@example.com"]["Subject"] == "Hello Ada"
     assert Campaign.objects.count() == 0  # a test send stores nothing
+
+
+def test_a_test_send_goes_through_the_users_personal_server_when_chosen(
+    client: Client, template: Template, ada: Contact, django_user_model: Any
+) -> None:
+    with SmtpSink() as relay, SmtpSink() as mine:
+        dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=relay.port))
+        personal = make_smtp_server(port=mine.port, personal_use=True)
+        login_as(client, MARKETER)
+        personal_server_set(user=django_user_model.objects.get(), server=personal)
+
+        client.post(
+            reverse("campaigns:template_preview", args=[template.pk]) + f"?contact={ada.pk}",
+            {"recipients": "me@example.com", "dispatcher": dispatcher.pk, "contact": ada.pk},
+        )
+
+    assert [r.recipients for r in mine.received] == [["me@example.com"]]
+    assert relay.received == []
 
 
 @pytest.mark.parametrize(
