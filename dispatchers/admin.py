@@ -1,10 +1,11 @@
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
@@ -87,6 +88,7 @@ class DispatcherAdmin(admin.ModelAdmin):
         "sender_domain_status",
         "dmarc_alignment",
         "status_callback_url",
+        "tracking_webhook",
     )
     actions = ("pause", "resume", "test_connection")
     fieldsets = (
@@ -130,7 +132,7 @@ class DispatcherAdmin(admin.ModelAdmin):
             {
                 "description": "For the delivery mode “Email service API”: the provider's "
                 "API key is stored encrypted and never shown again.",
-                "fields": ("esp_provider", "esp_api_key", "esp_api_url"),
+                "fields": ("esp_provider", "esp_api_key", "esp_api_url", "tracking_webhook"),
             },
         ),
         (
@@ -173,6 +175,38 @@ class DispatcherAdmin(admin.ModelAdmin):
 
     class Media:
         js = ("dispatchers/dispatcher_form.js",)
+
+    @admin.display(description="tracking webhook")
+    def tracking_webhook(self, obj: Dispatcher) -> str:
+        """The URL to paste into the provider's webhook settings, with the
+        shared secret as its basic-auth credentials, as anymail expects."""
+        if obj.delivery_mode != Dispatcher.DeliveryMode.API or not obj.esp_provider:
+            return "For the delivery mode “Email service API”."
+        try:
+            path = reverse(f"bounces:{obj.esp_provider}_tracking")
+        except NoReverseMatch:
+            return (
+                "Herald does not read this provider's event webhooks yet: its bounces come "
+                "back to the bounce mailbox."
+            )
+        if not settings.HERALD_WEBHOOK_SECRET:
+            return format_html(
+                '{}{} <br><span class="herald-sub">Set HERALD_WEBHOOK_SECRET (user:password) '
+                "first: until then every webhook is refused.</span>",
+                settings.HERALD_PUBLIC_URL,
+                path,
+            )
+        scheme, _, host = settings.HERALD_PUBLIC_URL.partition("://")
+        credentials = settings.HERALD_WEBHOOK_SECRET[0]
+        return format_html(
+            '<code>{}://{}@{}{}</code><br><span class="herald-sub">Paste this URL, '
+            "secret included, into the provider's webhook settings for bounces, complaints "
+            "and unsubscribes.</span>",
+            scheme,
+            credentials,
+            host,
+            path,
+        )
 
     @admin.display(description="status callback URL")
     def status_callback_url(self, obj: Dispatcher) -> str:

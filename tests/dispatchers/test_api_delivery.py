@@ -18,6 +18,8 @@ from anymail.backends.test import EmailBackend as AnymailTestBackend
 from anymail.exceptions import AnymailAPIError
 from anymail.message import AnymailRecipientStatus
 from django.core import mail
+from django.test import Client
+from django.urls import reverse
 
 from campaigns import services
 from campaigns.models import Campaign, CampaignItem
@@ -341,3 +343,19 @@ def test_amazon_ses_signs_with_the_access_key_pair_from_the_api_key_field(
     assert "Credential=AKIDEXAMPLE/" in headers["authorization"]
     assert "wJalrXUtnFEMI" not in json.dumps(headers)
     assert body["Destination"]["ToAddresses"] == ["ann@example.org"]
+
+
+def test_the_dispatcher_page_shows_the_webhook_url_to_paste_into_the_provider(
+    postmark: PostmarkServer, administrator_client: Client, settings: Any
+) -> None:
+    settings.HERALD_PUBLIC_URL = "https://herald.example.org"
+    settings.HERALD_WEBHOOK_SECRET = ["herald:s3cret-hook"]
+    dispatcher = postmark_dispatcher(postmark)
+    url = reverse("admin:dispatchers_dispatcher_change", args=[dispatcher.pk])
+
+    page = administrator_client.get(url).content.decode()
+    assert "https://herald:s3cret-hook@herald.example.org/webhooks/postmark/tracking/" in page
+
+    settings.HERALD_WEBHOOK_SECRET = []
+    page = administrator_client.get(url).content.decode()
+    assert "Set HERALD_WEBHOOK_SECRET (user:password) first" in page
