@@ -27,8 +27,10 @@ from jobs.services import job_runs_prune, notification_raise, notification_resol
 from .messages import (
     CompiledTemplate,
     MessageBuildError,
+    MessageSkeleton,
     bounce_domain,
-    message_build,
+    message_render,
+    message_skeleton,
     template_compile,
     verp_address,
 )
@@ -486,7 +488,8 @@ class _BatchRun:
         self.dispatcher = batch.dispatcher
         self.settled = 0
         self.lost: ConnectionLost | None = None
-        self.compiled: dict[int, CompiledTemplate] = {}
+        self.compiled: dict[int, CompiledTemplate] = {}  # template id -> compiled
+        self.skeletons: dict[int, MessageSkeleton] = {}  # campaign id -> skeleton
         self.sending: set[int] = set()
         self.suppressed: set[str] = set()
         self.return_domain = bounce_domain(self.dispatcher)
@@ -536,16 +539,9 @@ class _BatchRun:
             _item_skip(item, reason)
             self.settled += 1
             return
-        if campaign.template_id not in self.compiled:
-            self.compiled[campaign.template_id] = template_compile(template=campaign.template)
         try:
-            message = message_build(
-                compiled=self.compiled[campaign.template_id],
-                item=item,
-                contact=item.contact,
-                campaign=campaign,
-                dispatcher=self.dispatcher,
-                return_domain=self.return_domain,
+            message = message_render(
+                skeleton=self._skeleton(campaign), item=item, contact=item.contact
             )
         except MessageBuildError as exc:
             _item_fail(item, str(exc), timezone.now())
@@ -554,6 +550,19 @@ class _BatchRun:
         CampaignItem.objects.filter(pk=item.pk).update(sending_started_at=timezone.now())
         sender = verp_address(token=item.token, domain=self.return_domain)
         pool.submit(item, message, sender=sender, recipient=item.contact.email)
+
+    def _skeleton(self, campaign: Campaign) -> MessageSkeleton:
+        skeleton = self.skeletons.get(campaign.pk)
+        if skeleton is None:
+            if campaign.template_id not in self.compiled:
+                self.compiled[campaign.template_id] = template_compile(template=campaign.template)
+            skeleton = self.skeletons[campaign.pk] = message_skeleton(
+                campaign=campaign,
+                dispatcher=self.dispatcher,
+                return_domain=self.return_domain,
+                compiled=self.compiled[campaign.template_id],
+            )
+        return skeleton
 
     def _collect(self, outcomes: Iterator[Completion[CampaignItem]]) -> None:
         for outcome in outcomes:

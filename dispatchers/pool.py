@@ -13,10 +13,10 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from email.message import EmailMessage
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .transports import ConnectionLost, SendResult, Transport
+from .transports.base import Message
 
 if TYPE_CHECKING:
     from .signing import Signer
@@ -54,7 +54,7 @@ class SendPool(Generic[K]):
                 self._opened.append(transport)
         return transport
 
-    def _send(self, message: EmailMessage, sender: str, recipient: str) -> SendResult:
+    def _send(self, message: Message, sender: str, recipient: str) -> SendResult:
         if self._signer is not None:
             # The last step before the wire: nothing may change the message after.
             message = self._signer.sign(message)
@@ -74,7 +74,7 @@ class SendPool(Generic[K]):
     def full(self) -> bool:
         return len(self._in_flight) >= self.size
 
-    def submit(self, key: K, message: EmailMessage, *, sender: str, recipient: str) -> None:
+    def submit(self, key: K, message: Message, *, sender: str, recipient: str) -> None:
         future = self._executor.submit(self._send, message, sender, recipient)
         self._in_flight[future] = key
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from email.message import EmailMessage
 from pathlib import Path
 
-from .base import ConnectionLost, Outcome, SendResult, Transport, message_bytes
+from .base import ConnectionLost, Message, Outcome, SendResult, Transport, message_bytes
 
 
 class PickupTransport(Transport):
@@ -20,7 +19,7 @@ class PickupTransport(Transport):
         except OSError as exc:
             raise ConnectionLost(f"Cannot create outbox folder {self.directory}: {exc}") from exc
 
-    def send(self, message: EmailMessage, *, sender: str, recipient: str) -> SendResult:
+    def send(self, message: Message, *, sender: str, recipient: str) -> SendResult:
         name = _file_name(message)
         try:
             # Write under a temporary name and rename: a pickup reader never
@@ -34,7 +33,7 @@ class PickupTransport(Transport):
         return SendResult(Outcome.ACCEPTED, code=250, text="written", queue_id=name)
 
 
-def _file_name(message: EmailMessage) -> str:
+def _file_name(message: Message) -> str:
     msgid = str(message.get("Message-ID", "")).strip("<>")
     safe = "".join(c if c.isalnum() or c in "-._@" else "_" for c in msgid)
     return f"{safe or 'message'}.eml"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
 import aiosmtplib
@@ -19,7 +18,7 @@ import aiosmtplib
 from smtpservers.client import SessionError, session_open
 from smtpservers.services import connection_status_record_from_send
 
-from .base import ConnectionLost, Outcome, SendResult, Transport, message_bytes
+from .base import ConnectionLost, Message, Outcome, SendResult, Transport, message_bytes
 
 if TYPE_CHECKING:
     from smtpservers.models import SmtpServer
@@ -71,7 +70,7 @@ class SmtpTransport(Transport):
             server=server, ok=True, message=f"OK (last real send). Banner: {session.banner}"
         )
 
-    def send(self, message: EmailMessage, *, sender: str, recipient: str) -> SendResult:
+    def send(self, message: Message, *, sender: str, recipient: str) -> SendResult:
         assert self._client is not None, "open() first"
         data = message_bytes(message)
         try:
