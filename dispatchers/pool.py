@@ -3,8 +3,9 @@
 A SendPool keeps up to ``size`` transports open, one per thread, and
 sends each message on whichever is free. The caller stays in its own
 thread (where the database work happens) and gets results back in the
-order they complete. No more than ``size`` messages are ever in flight,
-which bounds what a crash can leave in doubt: one message per connection.
+order they complete. No more than ``size`` messages are ever in flight:
+what a crash can leave on the wire is one message per connection (the
+caller's own bookkeeping may add to what it must treat as in doubt).
 """
 
 from __future__ import annotations
