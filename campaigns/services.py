@@ -580,6 +580,7 @@ class _BatchRun:
         self.lost: ConnectionLost | None = None
         self.compiled: dict[int, CompiledTemplate] = {}  # template id -> compiled
         self.skeletons: dict[int, MessageSkeleton] = {}  # campaign id -> skeleton
+        self.campaigns: dict[int, Campaign] = {}
         self.sending: set[int] = set()
         self.suppressed: set[str] = set()
         self.return_domain = bounce_domain(self.dispatcher)
@@ -593,7 +594,7 @@ class _BatchRun:
     def items(self) -> Iterator[CampaignItem]:
         return (
             CampaignItem.objects.filter(batch=self.batch, status=S.CLAIMED)
-            .select_related("contact", "campaign__template")
+            .select_related("contact")  # campaigns once per batch (_campaign), not per row
             .order_by("id")
             .iterator(chunk_size=500)
         )
@@ -633,9 +634,9 @@ class _BatchRun:
 
     def _prepare(self, item: CampaignItem) -> tuple[CampaignItem, WireMessage] | None:
         """The item's message, or None when it is not to be sent now."""
-        campaign = item.campaign
-        if campaign.pk not in self.sending:
+        if item.campaign_id not in self.sending:
             return None  # paused or cancelled meanwhile: released at the end
+        campaign = self._campaign(item.campaign_id)
         reason = _skip_reason(item.contact, self.suppressed)
         if reason:
             self.skipped.setdefault(reason, []).append(item)
@@ -668,6 +669,13 @@ class _BatchRun:
             while pool.full:
                 self._collect(pool.completed(block=True))
             self._collect(pool.completed(block=False))
+
+    def _campaign(self, campaign_id: int) -> Campaign:
+        campaign = self.campaigns.get(campaign_id)
+        if campaign is None:
+            campaign = Campaign.objects.select_related("template").get(pk=campaign_id)
+            self.campaigns[campaign_id] = campaign
+        return campaign
 
     def _skeleton(self, campaign: Campaign) -> MessageSkeleton:
         skeleton = self.skeletons.get(campaign.pk)
