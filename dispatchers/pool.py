@@ -10,9 +10,10 @@ caller's own bookkeeping may add to what it must treat as in doubt).
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -43,7 +44,12 @@ class SendPool(Generic[K]):
         self._opened: list[Transport] = []
         self._opened_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(self.size, thread_name_prefix="herald-send")
-        self._in_flight: dict[Future[SendResult], K] = {}
+        # Finished sends, queued by the sending threads: cheaper than waiting
+        # on every future in flight twice per message.
+        self._done: queue.SimpleQueue[tuple[K, SendResult | None, BaseException | None]] = (
+            queue.SimpleQueue()
+        )
+        self._in_flight = 0
 
     def _transport(self) -> Transport:
         transport = getattr(self._local, "transport", None)
@@ -73,25 +79,33 @@ class SendPool(Generic[K]):
 
     @property
     def full(self) -> bool:
-        return len(self._in_flight) >= self.size
+        return self._in_flight >= self.size
 
     def submit(self, key: K, message: Message, *, sender: str, recipient: str) -> None:
-        future = self._executor.submit(self._send, message, sender, recipient)
-        self._in_flight[future] = key
+        self._executor.submit(self._send_one, key, message, sender, recipient)
+        self._in_flight += 1
+
+    def _send_one(self, key: K, message: Message, sender: str, recipient: str) -> None:
+        try:
+            self._done.put((key, self._send(message, sender, recipient), None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            self._done.put((key, None, exc))
 
     def completed(self, *, block: bool) -> Iterator[Completion[K]]:
         """Results of finished sends; with ``block``, wait for at least one."""
-        if not self._in_flight:
-            return
-        done, _ = wait(
-            list(self._in_flight), timeout=None if block else 0, return_when=FIRST_COMPLETED
-        )
-        for future in done:
-            key = self._in_flight.pop(future)
+        while self._in_flight:
             try:
-                yield Completion(key, future.result())
-            except ConnectionLost as exc:
-                yield Completion(key, None, exc)
+                key, result, error = self._done.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            self._in_flight -= 1
+            if isinstance(error, ConnectionLost):
+                yield Completion(key, None, error)
+            elif error is not None:
+                raise error
+            else:
+                yield Completion(key, result)
 
     def drain(self) -> Iterator[Completion[K]]:
         while self._in_flight:
