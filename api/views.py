@@ -152,7 +152,10 @@ class TemplateViewSet(AdminModelViewSet):
             sms = sms_preview(template=template, contact=contact) if template.sms_body else None
         except (MessageBuildError, SmsBuildError) as exc:
             raise serializers.ValidationError({"template": [str(exc)]}) from None
-        return Response({**preview.__dict__, "sms": sms.__dict__ if sms else None})
+        sms_fields = (
+            {"text": sms.text, "encoding": sms.encoding, "segments": sms.segments} if sms else None
+        )
+        return Response({**preview.__dict__, "sms": sms_fields})
 
 
 class CampaignViewSet(AdminModelViewSet):

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
-from django.template import Context
 from email_validator import EmailNotValidError, validate_email
 
 from dispatchers.models import Dispatcher
@@ -20,75 +19,28 @@ from dispatchers.transports.base import ConnectionLost, Outcome, Transport, tran
 from dispatchers.transports.smtp import SmtpTransport
 from smtpservers.services import personal_server_for
 
-from .messages import MessageBuildError, _context, message_build, template_compile
+from . import sms
+from .messages import MessageBuildError, message_build, template_compile
 from .models import Campaign, CampaignItem, Contact, Template
-from .sandbox import TEXT_ENGINE
+from .sms import SmsPreview
 
 logger = logging.getLogger(__name__)
 
 TEST_SEND_MAX = 10
 CONTACT_SEARCH_LIMIT = 20
 
-# --- SMS segments ------------------------------------------------------------
-
-# The GSM 03.38 default alphabet (one septet each) and its extension table
-# (two septets: the escape and the character).
-GSM7_BASIC = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-GSM7_EXTENDED = frozenset("\f^{}\\[~]|€")
-
-
-def _segments(units: list[int], single: int, multi: int) -> int:
-    """Segments for characters of the given widths: one if all fit in
-    `single`; otherwise parts of `multi` (the rest is the concatenation
-    header), never splitting a character across two parts."""
-    total = sum(units)
-    if total == 0:
-        return 0
-    if total <= single:
-        return 1
-    count, used = 1, 0
-    for width in units:
-        if used + width > multi:
-            count, used = count + 1, 0
-        used += width
-    return count
-
-
-def sms_segments(text: str) -> tuple[str, int]:
-    """("GSM-7" or "UCS-2", how many SMS the text takes): GSM-7 160 in one,
-    153 per part; UCS-2 (any character outside GSM-7) 70 in one, 67 per
-    part, counted in UTF-16 code units (an emoji is two)."""
-    if all(ch in GSM7_BASIC or ch in GSM7_EXTENDED for ch in text):
-        return "GSM-7", _segments([2 if ch in GSM7_EXTENDED else 1 for ch in text], 160, 153)
-    return "UCS-2", _segments([1 if ord(ch) < 0x10000 else 2 for ch in text], 70, 67)
-
-
-@dataclass(frozen=True)
-class SmsPreview:
-    text: str
-    encoding: str
-    segments: int
-
-    @property
-    def characters(self) -> int:
-        return len(self.text)
+# --- SMS ----------------------------------------------------------------------
 
 
 def sms_preview(*, template: Template, contact: Contact) -> SmsPreview | None:
-    """The SMS body rendered for the contact, with the context the email
-    pipeline gives; None when the template has no SMS body."""
+    """The SMS tab: the body as a batch renders it, with its segments; None
+    when the template has no SMS body."""
     if not template.sms_body.strip():
         return None
-    campaign = Campaign(name=template.name, template=template)
-    rendered = TEXT_ENGINE.from_string(template.sms_body).render(
-        Context(_context(contact, campaign, "preview"), autoescape=False)
-    )
-    text = rendered.strip()
-    encoding, segments = sms_segments(text)
-    return SmsPreview(text=text, encoding=encoding, segments=segments)
+    try:
+        return sms.sms_preview(template=template, contact=contact)
+    except sms.SmsBuildError as exc:
+        return SmsPreview(text="", encoding="", segments=0, error=str(exc))
 
 
 # --- picking a contact -------------------------------------------------------

@@ -185,6 +185,11 @@ class SmsPreview:
     text: str
     encoding: str
     segments: int
+    error: str = ""  # why this contact gets no SMS (an empty body, say)
+
+    @property
+    def characters(self) -> int:
+        return len(self.text)
 
 
 def sms_preview(*, template: Template, contact: Contact) -> SmsPreview:

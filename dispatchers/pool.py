@@ -3,20 +3,22 @@
 A SendPool keeps up to ``size`` transports open, one per thread, and
 sends each message on whichever is free. The caller stays in its own
 thread (where the database work happens) and gets results back in the
-order they complete. No more than ``size`` messages are ever in flight,
-which bounds what a crash can leave in doubt: one message per connection.
+order they complete. No more than ``size`` messages are ever in flight:
+what a crash can leave on the wire is one message per connection (the
+caller's own bookkeeping may add to what it must treat as in doubt).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from email.message import EmailMessage
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .transports import ConnectionLost, SendResult, Transport
+from .transports.base import Message
 
 if TYPE_CHECKING:
     from .signing import Signer
@@ -42,7 +44,12 @@ class SendPool(Generic[K]):
         self._opened: list[Transport] = []
         self._opened_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(self.size, thread_name_prefix="herald-send")
-        self._in_flight: dict[Future[SendResult], K] = {}
+        # Finished sends, queued by the sending threads: cheaper than waiting
+        # on every future in flight twice per message.
+        self._done: queue.SimpleQueue[tuple[K, SendResult | None, BaseException | None]] = (
+            queue.SimpleQueue()
+        )
+        self._in_flight = 0
 
     def _transport(self) -> Transport:
         transport = getattr(self._local, "transport", None)
@@ -54,7 +61,7 @@ class SendPool(Generic[K]):
                 self._opened.append(transport)
         return transport
 
-    def _send(self, message: EmailMessage, sender: str, recipient: str) -> SendResult:
+    def _send(self, message: Message, sender: str, recipient: str) -> SendResult:
         if self._signer is not None:
             # The last step before the wire: nothing may change the message after.
             message = self._signer.sign(message)
@@ -72,25 +79,33 @@ class SendPool(Generic[K]):
 
     @property
     def full(self) -> bool:
-        return len(self._in_flight) >= self.size
+        return self._in_flight >= self.size
 
-    def submit(self, key: K, message: EmailMessage, *, sender: str, recipient: str) -> None:
-        future = self._executor.submit(self._send, message, sender, recipient)
-        self._in_flight[future] = key
+    def submit(self, key: K, message: Message, *, sender: str, recipient: str) -> None:
+        self._executor.submit(self._send_one, key, message, sender, recipient)
+        self._in_flight += 1
+
+    def _send_one(self, key: K, message: Message, sender: str, recipient: str) -> None:
+        try:
+            self._done.put((key, self._send(message, sender, recipient), None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            self._done.put((key, None, exc))
 
     def completed(self, *, block: bool) -> Iterator[Completion[K]]:
         """Results of finished sends; with ``block``, wait for at least one."""
-        if not self._in_flight:
-            return
-        done, _ = wait(
-            list(self._in_flight), timeout=None if block else 0, return_when=FIRST_COMPLETED
-        )
-        for future in done:
-            key = self._in_flight.pop(future)
+        while self._in_flight:
             try:
-                yield Completion(key, future.result())
-            except ConnectionLost as exc:
-                yield Completion(key, None, exc)
+                key, result, error = self._done.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            self._in_flight -= 1
+            if isinstance(error, ConnectionLost):
+                yield Completion(key, None, error)
+            elif error is not None:
+                raise error
+            else:
+                yield Completion(key, result)
 
     def drain(self) -> Iterator[Completion[K]]:
         while self._in_flight:

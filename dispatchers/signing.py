@@ -3,13 +3,12 @@
 A Signer is made once per batch for the dispatcher's From domain (the key
 is read and decrypted then), and signs each message just before the
 transport sends it, over the very bytes the transports put on the wire
-(``as_bytes`` with the SMTP policy).
+(``message_bytes``), whether a prebuilt WireMessage or an EmailMessage.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.message import EmailMessage
 
 import dkim
 
@@ -17,7 +16,7 @@ from smtpservers.encryption import reveal
 
 from .models import Dispatcher, SenderDomain
 from .transports import ConnectionLost
-from .transports.base import WIRE_POLICY
+from .transports.base import Message, WireMessage, message_bytes
 
 SIGNED_HEADERS = (
     "From",
@@ -42,12 +41,14 @@ class Signer:
     def __repr__(self) -> str:  # the key must not reach a log line
         return f"Signer(domain={self.domain!r}, selector={self.selector!r})"
 
-    def sign(self, message: EmailMessage) -> EmailMessage:
-        """Add a DKIM-Signature (relaxed/relaxed) to ``message`` and return it."""
+    def sign(self, message: Message) -> Message:
+        """Add a DKIM-Signature (relaxed/relaxed) to ``message`` and return
+        it: a WireMessage gets the header line put in front of its bytes (a
+        new object), an EmailMessage gets it set in place."""
         headers = [name.encode() for name in SIGNED_HEADERS if name in message]
         try:
             signature = dkim.sign(
-                message.as_bytes(policy=WIRE_POLICY),
+                message_bytes(message),
                 self.selector.encode(),
                 self.domain.encode(),
                 self.private_key,
@@ -63,6 +64,8 @@ class Signer:
         # Kept raw: dkimpy already folded it, and re-folding by the email
         # package could break the b= value it signed.
         value = signature.decode().partition(":")[2].strip()
+        if isinstance(message, WireMessage):
+            return message.with_header_line("DKIM-Signature", value, signature)
         message.set_raw("DKIM-Signature", value)
         return message
 

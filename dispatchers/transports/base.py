@@ -10,7 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.parser import BytesParser
+from email.policy import SMTP, default
 from typing import TYPE_CHECKING, Self
 
 if TYPE_CHECKING:
@@ -57,10 +58,57 @@ class ConnectionLost(Exception):
         self.retry_pointless = retry_pointless
 
 
-def message_bytes(message: EmailMessage) -> bytes:
+class WireMessage:
+    """A finished message already in its wire form: CRLF line ends, headers
+    folded and encoded, bodies transfer-encoded (what ``message_bytes``
+    of an EmailMessage gives), plus its top-level header values, decoded,
+    for look-ups. Building bytes directly is ~15 times cheaper than
+    EmailMessage, which is what lets one core build 10,000 messages/s.
+
+    Transports need only ``message_bytes(message)`` and
+    ``message.get(name)``; ``parsed()`` gives an EmailMessage when code
+    wants the parts (previews, tests)."""
+
+    __slots__ = ("data", "_headers")
+
+    def __init__(self, data: bytes, headers: dict[str, str]) -> None:
+        self.data = data
+        self._headers = {name.lower(): value for name, value in headers.items()}
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._headers.get(name.lower(), default)
+
+    def __getitem__(self, name: str) -> str | None:  # like EmailMessage: None if absent
+        return self._headers.get(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._headers
+
+    def with_header_line(self, name: str, value: str, line: bytes) -> WireMessage:
+        """A copy with ``line`` (a complete, folded header ending in CRLF)
+        put first, e.g. a DKIM-Signature computed over these bytes."""
+        return WireMessage(line + self.data, {**self._headers, name.lower(): value})
+
+    def parsed(self) -> EmailMessage:
+        message = BytesParser(policy=default).parsebytes(self.data)
+        assert isinstance(message, EmailMessage)
+        return message
+
+    def __repr__(self) -> str:
+        return f"<WireMessage {self.get('Message-ID')} {len(self.data)} bytes>"
+
+
+# What transports are handed: the pipeline sends WireMessages; other callers
+# (tests, one-off notices) may still build an EmailMessage.
+Message = WireMessage | EmailMessage
+
+
+def message_bytes(message: Message) -> bytes:
     """The wire form of a message. Transports read bytes only through this
-    and headers only through ``message.get(name)``, so the pipeline may hand
-    them a cheaper prebuilt message with the same two entry points."""
+    and headers only through ``message.get(name)``, so they take a
+    WireMessage or an EmailMessage alike."""
+    if isinstance(message, WireMessage):
+        return message.data
     return message.as_bytes(policy=WIRE_POLICY)
 
 
@@ -68,7 +116,7 @@ class Transport:
     def open(self) -> None:
         """Connect; raise ConnectionLost when the server cannot be used."""
 
-    def send(self, message: EmailMessage, *, sender: str, recipient: str) -> SendResult:
+    def send(self, message: Message, *, sender: str, recipient: str) -> SendResult:
         raise NotImplementedError
 
     def close(self) -> None:

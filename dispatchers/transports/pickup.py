@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from email.message import EmailMessage
 from pathlib import Path
 
-from .base import ConnectionLost, Outcome, SendResult, Transport, message_bytes
+from .base import ConnectionLost, Message, Outcome, SendResult, Transport, message_bytes
 
 
 class PickupTransport(Transport):
@@ -20,7 +19,7 @@ class PickupTransport(Transport):
         except OSError as exc:
             raise ConnectionLost(f"Cannot create outbox folder {self.directory}: {exc}") from exc
 
-    def send(self, message: EmailMessage, *, sender: str, recipient: str) -> SendResult:
+    def send(self, message: Message, *, sender: str, recipient: str) -> SendResult:
         name = file_name(message)
         try:
             write_atomically(self.directory, name, message)
@@ -29,7 +28,7 @@ class PickupTransport(Transport):
         return SendResult(Outcome.ACCEPTED, code=250, text="written", queue_id=name)
 
 
-def write_atomically(directory: Path, name: str, message: EmailMessage) -> None:
+def write_atomically(directory: Path, name: str, message: Message) -> None:
     # Write under a temporary name and rename: a pickup reader never sees
     # half a message, and a rerun overwrites instead of doubling.
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
@@ -42,7 +41,7 @@ def write_atomically(directory: Path, name: str, message: EmailMessage) -> None:
         raise
 
 
-def file_name(message: EmailMessage) -> str:
+def file_name(message: Message) -> str:
     msgid = str(message.get("Message-ID", "")).strip("<>")
     safe = "".join(c if c.isalnum() or c in "-._@" else "_" for c in msgid)
     safe = safe.lstrip(".")[:200]

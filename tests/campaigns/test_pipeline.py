@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from campaigns import services
 from campaigns.models import Batch, Campaign, CampaignItem, Contact, Suppression
-from dispatchers.models import RateUsage
+from dispatchers.models import Dispatcher, RateUsage
 from jobs.locks import BATCHES
 from tests.helpers import (
     make_audience,
@@ -161,6 +161,36 @@ def test_claims_never_exceed_the_hourly_limit():
     assert sum(RateUsage.objects.values_list("count", flat=True)) == 12
 
 
+def _claim_and_finish(dispatcher) -> Batch | None:
+    batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+    if batch is not None:  # as if sent: make room under the open-batch limit
+        Batch.objects.filter(pk=batch.pk).update(finished_at=timezone.now())
+    return batch
+
+
+def test_claims_take_everyone_once_and_soon_retake_an_item_due_again_behind_them():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(batch_size=3)
+    campaign = sending_campaign(60, dispatcher)
+    first = _claim_and_finish(dispatcher)
+    early = CampaignItem.objects.filter(batch=first).order_by("id").first()
+    # A retry that falls due while later claims have moved past it.
+    CampaignItem.objects.filter(pk=early.pk).update(
+        status=S.DEFERRED, batch=None, next_attempt_at=timezone.now() - timedelta(seconds=1)
+    )
+
+    claims = 0
+    while CampaignItem.objects.get(pk=early.pk).status != S.CLAIMED:
+        assert _claim_and_finish(dispatcher) is not None
+        claims += 1
+    while _claim_and_finish(dispatcher) is not None:
+        pass
+
+    assert claims <= services.CLAIM_SWEEP_EVERY
+    assert statuses(campaign) == {S.CLAIMED: 60}
+    assert sum(Batch.objects.filter(dispatcher=dispatcher).values_list("size", flat=True)) == 61
+
+
 def test_a_disabled_dispatcher_claims_nothing():
     dispatcher = make_dispatcher(
         delivery_mode="pickup", pickup_directory="/tmp/unused", is_enabled=False
@@ -219,6 +249,56 @@ def test_a_temporary_refusal_defers_the_item_with_back_off():
     assert item.smtp_code == 451
     assert item.next_attempt_at >= before + timedelta(minutes=5)
     assert statuses(campaign) == {S.DEFERRED: 1, S.SENT: 1}
+
+
+def _mixed_reply(address: str) -> str | None:
+    number = int(address.removeprefix("user").partition("@")[0])
+    if number % 7 == 3:
+        return "451 4.7.1 Try later"
+    if number % 11 == 5:
+        return "550 5.1.1 No such user"
+    return None
+
+
+def test_a_large_batch_records_each_items_own_verdict_across_chunks():
+    # 260 items: results are written back in chunks, and every item must
+    # still end with its own outcome, code, queue id and times.
+    with SmtpSink(rcpt_rule=_mixed_reply) as sink:
+        dispatcher = make_dispatcher(
+            smtp_server=make_smtp_server(port=sink.port), batch_size=260, connections=3
+        )
+        campaign = sending_campaign(260, dispatcher)
+        Contact.objects.filter(email="user2@example.org").update(status=Contact.Status.BOUNCED)
+        batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+        before = timezone.now()
+
+        assert services.batch_send(batch_id=batch.pk) == 260
+
+    items = {
+        int(i.contact.email.removeprefix("user").partition("@")[0]): i
+        for i in CampaignItem.objects.filter(campaign=campaign).select_related("contact")
+    }
+    for number, item in items.items():
+        assert item.sending_started_at is None
+        if number == 2:
+            assert (item.status, item.skip_reason, item.attempts) == (S.SKIPPED, "bounced", 0)
+        elif number % 7 == 3:
+            assert (item.status, item.smtp_code, item.batch_id) == (S.DEFERRED, 451, None)
+            assert item.next_attempt_at >= before + timedelta(minutes=5)
+            assert item.first_attempt_at >= before and item.attempts == 1
+        elif number % 11 == 5:
+            assert (item.status, item.smtp_code, item.attempts) == (S.FAILED, 550, 1)
+            assert "No such user" in item.smtp_response and item.first_attempt_at >= before
+        else:
+            assert (item.status, item.smtp_code, item.attempts) == (S.SENT, 250, 1)
+            assert item.sent_at >= before and item.queue_id.startswith("Q")
+            assert item.batch_id == batch.pk and not item.possibly_duplicated
+    sent = [n for n, i in items.items() if i.status == S.SENT]
+    assert sink.per_recipient() == {f"user{n}@example.org": 1 for n in sent}
+    assert len({items[n].queue_id for n in sent}) == len(sent)  # each its own reply
+    assert Suppression.objects.filter(source="bounce").count() == len(
+        [n for n in items if n % 11 == 5 and n % 7 != 3]
+    )
 
 
 def test_a_deferred_item_is_claimed_again_when_due():

@@ -15,7 +15,8 @@ from django.urls import reverse
 
 from accounts.roles import ADMINISTRATOR, MARKETER, OPERATOR
 from campaigns.models import Campaign, Contact, Template
-from campaigns.preview import sms_segments, template_test_send
+from campaigns.preview import template_test_send
+from campaigns.sms import sms_segments
 from smtpservers.services import personal_server_set
 from tests.campaigns.cast import login_as
 from tests.helpers import make_campaign, make_dispatcher, make_smtp_server, make_template

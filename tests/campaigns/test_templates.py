@@ -30,7 +30,7 @@ def render(template: Template, **contact_fields: object):
 
 
 def body(message, kind: str) -> str:
-    return message.get_body((kind,)).get_content()
+    return message.parsed().get_body((kind,)).get_content()
 
 
 @pytest.mark.parametrize(

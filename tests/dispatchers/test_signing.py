@@ -181,3 +181,29 @@ def test_a_campaign_leaves_signed_and_aligned_through_the_whole_pipeline(
         assert signature["d"] == DOMAIN  # aligned with From: news@example.org
         assert "list-unsubscribe" in signature["h"].lower()
     assert all(r.sender.endswith(f"@{DOMAIN}") for r in handler.received)  # return path too
+
+
+def test_prebuilt_messages_with_non_ascii_names_verify_and_break_when_altered(
+    verified: SenderDomain, dispatcher: Dispatcher, sink: tuple[int, RawHandler]
+) -> None:
+    from campaigns import services
+    from campaigns.models import Campaign, Contact
+    from tests.helpers import make_audience, make_campaign
+
+    port, handler = sink
+    SmtpServer.objects.filter(pk=dispatcher.smtp_server_id).update(port=port)
+    audience = make_audience(2)
+    Contact.objects.filter(email="user0@example.org").update(first_name="Zoë", last_name="山田")
+    Contact.objects.filter(email="user1@example.org").update(first_name="Ann 🎉")
+    make_campaign(dispatcher=dispatcher, lists=[audience], status=Campaign.Status.SCHEDULED)
+    services.items_generate()
+    services.batch_send(batch_id=services.batch_claim(dispatcher_id=dispatcher.pk).pk)
+
+    assert len(handler.raw) == 2
+    for raw in handler.raw:
+        assert dkim.verify(raw, dnsfunc=dkim_dnsfunc) is True
+        to_line = next(line for line in raw.split(b"\r\n") if line.startswith(b"To: "))
+        altered = raw.replace(to_line, to_line.replace(b"To: ", b"To: x"), 1)
+        assert dkim.verify(altered, dnsfunc=dkim_dnsfunc) is False
+    names = {str(r.message["To"].addresses[0].display_name) for r in handler.received}
+    assert names == {"Zoë 山田", "Ann 🎉 Last1"}

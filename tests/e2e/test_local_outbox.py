@@ -35,6 +35,8 @@ def test_a_campaign_scheduled_in_the_browser_lands_in_the_outbox(client, tmp_pat
             "lists": [audience.pk],
             "dispatcher": outbox.pk,
             "kind": "regular",
+            "trigger": "list_joined",  # prefilled by the form, as a browser posts it
+            "date_offset_days": "0",
         },
     )
     assert response.status_code == 302, response.content.decode()[:2000]
