@@ -35,8 +35,10 @@ from dispatchers.models import Dispatcher
 from dispatchers.transports.base import WIRE_POLICY, WireMessage
 from smtpservers.validators import validate_header_value
 
-from .models import Campaign, CampaignItem, Contact, Template
+from .models import Campaign, CampaignItem, Contact, MarketingConfiguration, Template
+from .preferences import PreferenceLinks
 from .sandbox import HTML_ENGINE, TEXT_ENGINE, Fields
+from .tracking import tracking_source, tracking_url
 
 UNSUBSCRIBE_SALT = "herald.unsubscribe"
 
@@ -59,6 +61,8 @@ _SIMPLE_VARIABLES = frozenset(
         ("contact", "language"),
         ("campaign", "name"),
         ("unsubscribe_url",),
+        ("manage_subscriptions_url",),
+        ("tracking_url",),
     }
 )
 
@@ -118,13 +122,24 @@ class CompiledTemplate:
     html_pieces: Pieces | None = None
 
 
-def template_compile(*, template: Template) -> CompiledTemplate:
+def template_compile(
+    *,
+    template: Template,
+    footer: MarketingConfiguration | None = None,
+    campaign: Campaign | None = None,
+) -> CompiledTemplate:
     """Parse the template once per batch; the HTML's CSS is inlined here too
-    (mail clients drop <style> blocks), on the source, not per message."""
-    html = None
-    if template.html_body.strip():
-        html = HTML_ENGINE.from_string(_inline_css(template.html_body))
-    text = TEXT_ENGINE.from_string(template.text_body) if template.text_body.strip() else None
+    (mail clients drop <style> blocks), on the source, not per message.
+    The Marketing configuration's footers are added to the sources, and a
+    tracking campaign's links and pixel (tracking.py), before parsing."""
+    html_source = template.html_body if template.html_body.strip() else ""
+    text_source = template.text_body if template.text_body.strip() else ""
+    if footer is not None:
+        html_source, text_source = _footers_add(footer, html_source, text_source)
+    if campaign is not None and html_source:
+        html_source = tracking_source(campaign=campaign, html_source=html_source)
+    html = HTML_ENGINE.from_string(_inline_css(html_source)) if html_source else None
+    text = TEXT_ENGINE.from_string(text_source) if text_source else None
     subject = TEXT_ENGINE.from_string(template.subject)
     return CompiledTemplate(
         subject=subject,
@@ -134,6 +149,22 @@ def template_compile(*, template: Template) -> CompiledTemplate:
         text_pieces=_pieces(text) if text is not None else None,
         html_pieces=_pieces(html) if html is not None else None,
     )
+
+
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+
+
+def _footers_add(footer: MarketingConfiguration, html: str, text: str) -> tuple[str, str]:
+    """The rich-text footer before the HTML's last </body> (or at its end);
+    the plain-text footer after the text part. A text part generated from
+    the HTML gets the HTML footer that way, not a second one."""
+    if html and footer.html_footer.strip():
+        ends = list(_BODY_END.finditer(html))
+        at = ends[-1].start() if ends else len(html)
+        html = html[:at] + footer.html_footer + html[at:]
+    if text and footer.text_footer.strip():
+        text = text.rstrip("\n") + "\n\n" + footer.text_footer
+    return html, text
 
 
 def _inline_css(html: str) -> str:
@@ -370,6 +401,8 @@ class MessageSkeleton:
         self.return_domain = return_domain
         self.domain = dispatcher.from_email.rpartition("@")[2] or "herald.invalid"
         self.unsubscribe = _UnsubscribeLinks(return_domain)
+        self.preferences = PreferenceLinks()
+        self.tracking = campaign.track_opens or campaign.track_clicks
         self.campaign_fields = Fields({"name": campaign.name})
         self.boundary = f"=_herald_{secrets.token_hex(12)}".encode()
         self.error = ""  # a constant header that cannot be sent fails every message
@@ -463,7 +496,7 @@ def message_skeleton(
 ) -> MessageSkeleton:
     """Compile, once per batch and campaign, what its messages share."""
     return MessageSkeleton(
-        compiled=compiled or template_compile(template=campaign.template),
+        compiled=compiled or template_compile(template=campaign.template, campaign=campaign),
         campaign=campaign,
         dispatcher=dispatcher,
         return_domain=return_domain or bounce_domain(dispatcher),
@@ -487,17 +520,21 @@ def message_render(
         "contact.language": contact.language,
         "campaign.name": skeleton.campaign.name,
         "unsubscribe_url": url,
+        "manage_subscriptions_url": skeleton.preferences.url(contact.pk),
+        "tracking_url": tracking_url(token) if skeleton.tracking else "",
     }
     if not all(type(value) is str for value in simple.values()):
         simple = {}  # e.g. a NULL from raw SQL: Django renders it as it always has
-    subject = _render(compiled.subject, compiled.subject_pieces, simple, skeleton, contact, url)
+    subject = _render(
+        compiled.subject, compiled.subject_pieces, simple, skeleton, contact, url, token
+    )
     subject = _header(subject.strip())
     to_line, to = _to_header(contact.full_name, contact.email)
     html = None
     if compiled.html is not None:
-        html = _render(compiled.html, compiled.html_pieces, simple, skeleton, contact, url)
+        html = _render(compiled.html, compiled.html_pieces, simple, skeleton, contact, url, token)
     if compiled.text is not None:
-        text = _render(compiled.text, compiled.text_pieces, simple, skeleton, contact, url)
+        text = _render(compiled.text, compiled.text_pieces, simple, skeleton, contact, url, token)
     else:
         text = html_to_text(html or "")
     date = skeleton.date()
@@ -536,6 +573,7 @@ def _render(
     skeleton: MessageSkeleton,
     contact: Contact,
     url: str,
+    item_token: str,
 ) -> str:
     # Escaping is for HTML only: a subject or text part keeps "O'Brien".
     autoescape = template.engine.autoescape
@@ -554,6 +592,8 @@ def _render(
         ),
         "campaign": skeleton.campaign_fields,
         "unsubscribe_url": url,
+        "manage_subscriptions_url": skeleton.preferences.url(contact.pk),
+        "tracking_url": tracking_url(item_token) if skeleton.tracking else "",
     }
     return template.render(Context(values, autoescape=autoescape))
 
@@ -602,7 +642,7 @@ def template_preview(*, template: Template, contact: Contact) -> Preview:
     dispatcher = Dispatcher(from_email="preview@herald.invalid", from_name="Herald preview")
     item = CampaignItem(campaign=campaign, contact=contact, token="preview")
     message = message_build(
-        compiled=template_compile(template=template),
+        compiled=template_compile(template=template, footer=MarketingConfiguration.load()),
         item=item,
         contact=contact,
         campaign=campaign,

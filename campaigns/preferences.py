@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core import signing
 from django.db import transaction
 from django.urls import reverse
+from django.utils.crypto import salted_hmac
 
 from .models import Campaign, CampaignItem, Contact, ContactList, Subscription
 
@@ -32,6 +33,30 @@ def preferences_url(*, contact_id: int) -> str:
     a link in a year-old email must still let its reader leave."""
     signed = _signer().sign(str(contact_id))
     return settings.HERALD_PUBLIC_URL + reverse("campaigns:preferences", args=[signed])
+
+
+class PreferenceLinks:
+    """``preferences_url`` for a whole batch: the URL pattern reversed once
+    and the signing key derived once, the same links at a fraction of the
+    cost per message."""
+
+    def __init__(self) -> None:
+        signer = _signer()
+        self._hmac = salted_hmac(
+            signer.salt + "signer", b"", signer.key, algorithm=signer.algorithm
+        )
+        path = reverse("campaigns:preferences", args=["SIGNED"])
+        self.before, _, self.after = (settings.HERALD_PUBLIC_URL + path).rpartition("SIGNED")
+        self.sep = signer.sep
+
+    def url(self, contact_id: int | None) -> str:
+        if contact_id is None:
+            return self.before + "preview" + self.after  # an unsaved contact: leads nowhere
+        value = str(contact_id)
+        mac = self._hmac.copy()
+        mac.update(value.encode())
+        signature = signing.b64_encode(mac.digest()).decode()
+        return f"{self.before}{value}{self.sep}{signature}{self.after}"
 
 
 def preferences_contact(*, signed: str) -> Contact | None:

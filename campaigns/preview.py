@@ -21,7 +21,7 @@ from smtpservers.services import personal_server_for
 
 from . import sms
 from .messages import MessageBuildError, message_build, template_compile
-from .models import Campaign, CampaignItem, Contact, Template
+from .models import Campaign, CampaignItem, Contact, MarketingConfiguration, Template
 from .sms import SmsPreview
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def template_test_send(
     addresses = recipients_clean(recipients)
     if dispatcher.type != Dispatcher.Type.EMAIL:
         raise ValidationError(f"{dispatcher} is not an email dispatcher.", code="dispatcher")
-    compiled = template_compile(template=template)
+    compiled = template_compile(template=template, footer=MarketingConfiguration.load())
     campaign = Campaign(name=template.name, template=template, dispatcher=dispatcher)
     signer = signer_for(dispatcher=dispatcher)
     logger.info(

@@ -29,7 +29,6 @@ from jobs.services import job_runs_prune, notification_raise, notification_resol
 
 from .audience import audience_page_sql, campaign_has_rules
 from .messages import (
-    CompiledTemplate,
     MessageBuildError,
     MessageSkeleton,
     bounce_domain,
@@ -38,7 +37,15 @@ from .messages import (
     template_compile,
     verp_address,
 )
-from .models import Batch, Campaign, CampaignItem, Contact, Subscription, Suppression
+from .models import (
+    Batch,
+    Campaign,
+    CampaignItem,
+    Contact,
+    MarketingConfiguration,
+    Subscription,
+    Suppression,
+)
 from .selectors import campaign_counts
 
 logger = logging.getLogger(__name__)
@@ -572,6 +579,22 @@ def _batch_suppressed(batch: Batch) -> set[str]:
     return set(Suppression.objects.filter(pattern__in=patterns).values_list("pattern", flat=True))
 
 
+def _batch_left_lists(batch: Batch) -> set[int]:
+    """Claimed items whose contact has left every list of a campaign that
+    reaches people through lists only (a segment may still hold them), as
+    the manage-subscriptions page lets them: one query per refresh."""
+    lists = Campaign.lists.through.objects.filter(campaign_id=OuterRef("campaign_id"))
+    segments = Campaign.segments.through.objects.filter(campaign_id=OuterRef("campaign_id"))
+    on_a_list = Subscription.objects.filter(
+        contact_id=OuterRef("contact_id"), contact_list__campaigns=OuterRef("campaign_id")
+    )
+    return set(
+        CampaignItem.objects.filter(batch=batch, status=S.CLAIMED)
+        .filter(Exists(lists), ~Exists(segments), ~Exists(on_a_list))
+        .values_list("pk", flat=True)
+    )
+
+
 def _skip_reason(contact: Contact, suppressed: set[str]) -> str:
     if contact.status != Contact.Status.ACTIVE:
         return contact.status
@@ -663,11 +686,12 @@ class _BatchRun:
         self.dispatcher = batch.dispatcher
         self.settled = 0
         self.lost: ConnectionLost | None = None
-        self.compiled: dict[int, CompiledTemplate] = {}  # template id -> compiled
+        self.footer = MarketingConfiguration.load()  # the footers, once per batch
         self.skeletons: dict[int, MessageSkeleton] = {}  # campaign id -> skeleton
         self.campaigns: dict[int, Campaign] = {}
         self.sending: set[int] = set()
         self.suppressed: set[str] = set()
+        self.left: set[int] = set()  # items whose contact left the campaign's lists
         self.return_domain = bounce_domain(self.dispatcher)
         self.errors: dict[int, int] = {}  # campaign id -> errors since its last success
         self.succeeded: set[int] = set()
@@ -701,6 +725,7 @@ class _BatchRun:
                 if count % self.REFRESH_EVERY == 0:
                     self.sending = _sending_campaigns(self.batch)
                     self.suppressed = _batch_suppressed(self.batch)
+                    self.left = _batch_left_lists(self.batch)
                 if self.lost is not None:
                     break
                 ready = self._prepare(item)
@@ -723,6 +748,8 @@ class _BatchRun:
             return None  # paused or cancelled meanwhile: released at the end
         campaign = self._campaign(item.campaign_id)
         reason = _skip_reason(item.contact, self.suppressed)
+        if not reason and item.pk in self.left:
+            reason = "unsubscribed"
         if reason:
             self.skipped.setdefault(reason, []).append(item)
             return None
@@ -765,13 +792,15 @@ class _BatchRun:
     def _skeleton(self, campaign: Campaign) -> MessageSkeleton:
         skeleton = self.skeletons.get(campaign.pk)
         if skeleton is None:
-            if campaign.template_id not in self.compiled:
-                self.compiled[campaign.template_id] = template_compile(template=campaign.template)
+            # Per campaign, not per template: tracking rewrites a campaign's links.
+            compiled = template_compile(
+                template=campaign.template, footer=self.footer, campaign=campaign
+            )
             skeleton = self.skeletons[campaign.pk] = message_skeleton(
                 campaign=campaign,
                 dispatcher=self.dispatcher,
                 return_domain=self.return_domain,
-                compiled=self.compiled[campaign.template_id],
+                compiled=compiled,
             )
         return skeleton
 
