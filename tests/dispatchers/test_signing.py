@@ -4,6 +4,7 @@ once a signed header is altered."""
 
 from __future__ import annotations
 
+import base64
 import email.policy
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -19,6 +20,7 @@ from dispatchers.domains import dkim_dnsfunc, sender_domain_archive, sender_doma
 from dispatchers.models import Dispatcher, SenderDomain
 from dispatchers.pool import SendPool
 from dispatchers.signing import SIGNED_HEADERS, signer_for
+from dispatchers.transports.base import message_bytes
 from dispatchers.transports.smtp import SmtpTransport
 from smtpservers.models import SmtpServer
 from tests.smtp import SinkHandler
@@ -207,3 +209,42 @@ def test_prebuilt_messages_with_non_ascii_names_verify_and_break_when_altered(
         assert dkim.verify(altered, dnsfunc=dkim_dnsfunc) is False
     names = {str(r.message["To"].addresses[0].display_name) for r in handler.received}
     assert names == {"Zoë 山田", "Ann 🎉 Last1"}
+
+
+def test_folded_headers_and_untidy_whitespace_still_verify() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from dispatchers.signing import Signer
+    from dispatchers.transports.base import WireMessage
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    raw = (
+        b"Subject: =?utf-8?b?R3LDvMOfZQ==?=\r\n =?utf-8?b?bW9yZQ==?=\r\n"
+        b"From:  Example   News <news@example.org>\r\n"
+        b'To: "Lee, Ann"\r\n\t<ann@example.net>\r\n'
+        b"Message-ID: <t1@example.org>\r\n\r\n"
+        b"trailing spaces   \r\n\ttabbed\t line\r\n\r\n\r\n"
+    )
+    signer = Signer(domain="example.org", selector="s1", private_key=pem)
+
+    signed = signer.sign(WireMessage(raw, {"Subject": "", "From": "", "To": "", "Message-ID": ""}))
+
+    data = message_bytes(signed)
+    assert dkim.verify(data, dnsfunc=lambda name, timeout=5: record) is True
+    assert (
+        dkim.verify(data.replace(b"Ann", b"Bob"), dnsfunc=lambda name, timeout=5: record) is False
+    )
+    assert (
+        dkim.verify(data.replace(b"tabbed", b"tapped"), dnsfunc=lambda n, timeout=5: record)
+        is False
+    )
