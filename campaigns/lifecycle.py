@@ -11,7 +11,6 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from .models import Campaign, CampaignItem
-from .reports import report_counts_forget
 from .services import campaign_duplicate, campaign_schedule
 
 S = CampaignItem.Status
@@ -51,7 +50,6 @@ def campaign_cancel(*, campaign: Campaign) -> None:
     if moved != 1:
         campaign.refresh_from_db(fields=["status"])
         raise _refuse(campaign, "cancel", CANCELLABLE)
-    report_counts_forget(campaign=campaign)
 
 
 def campaign_reset_failed(*, campaign: Campaign) -> int:
@@ -80,7 +78,6 @@ def campaign_reset_failed(*, campaign: Campaign) -> int:
             Campaign.objects.filter(pk=locked.pk).update(
                 status=C.SENDING, completed_at=None, consecutive_errors=0
             )
-    report_counts_forget(campaign=campaign)
     return reset
 
 

@@ -21,7 +21,6 @@ S = CampaignItem.Status
 
 # The report polls every few seconds; a live campaign's counts are read at
 # most once per this many seconds whoever and however many are watching.
-COUNTS_TTL_SECONDS = 5
 CHART_TTL_SECONDS = 15
 CHART_MINUTES = 180
 PAGE_SIZE = 50
@@ -67,12 +66,9 @@ class ReportCounts:
 
 
 def report_counts(*, campaign: Campaign) -> ReportCounts:
-    """The counts at the top of the report.
-
-    A completed campaign reads its frozen counters (no item is touched).
-    A live one has no maintained per-status counters on this branch, so its
-    grouped count is cached for COUNTS_TTL_SECONDS: one count per campaign
-    every few seconds at most, not one per poll of every open page."""
+    """The counts at the top of the report: the frozen counters of a
+    completed campaign, the maintained per-status counters of a live one
+    (campaign_counts); never a count over the items."""
     if campaign.status == Campaign.Status.COMPLETED and campaign.total_count:
         c = campaign
         return ReportCounts(
@@ -85,11 +81,7 @@ def report_counts(*, campaign: Campaign) -> ReportCounts:
             skipped=c.skipped_count,
             bounced_in_failed=True,
         )
-    key = f"herald:report:counts:{campaign.pk}"
-    counts = cache.get(key)
-    if counts is None:
-        counts = campaign_counts(campaign_id=campaign.pk)
-        cache.set(key, counts, COUNTS_TTL_SECONDS)
+    counts = campaign_counts(campaign_id=campaign.pk)
     return ReportCounts(
         total=sum(counts.values()),
         pending=counts.get(S.PENDING, 0) + counts.get(S.CLAIMED, 0),
@@ -99,11 +91,6 @@ def report_counts(*, campaign: Campaign) -> ReportCounts:
         bounced=counts.get(S.BOUNCED, 0),
         skipped=counts.get(S.SKIPPED, 0),
     )
-
-
-def report_counts_forget(*, campaign: Campaign) -> None:
-    """After an action that moves items, show the new counts at once."""
-    cache.delete(f"herald:report:counts:{campaign.pk}")
 
 
 # --- sends per minute ---------------------------------------------------------

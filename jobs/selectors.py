@@ -300,7 +300,7 @@ TERMINAL = ("sent", "failed", "skipped", "bounced")
 
 def messages_totals() -> Counter[tuple[str, str]]:
     """Messages by (dispatcher name, final outcome)."""
-    from campaigns.models import Campaign, CampaignItem
+    from campaigns.models import Campaign, CampaignStatusCount
 
     totals: Counter[tuple[str, str]] = Counter()
     # Completed campaigns keep frozen counters (bounces counted among the
@@ -315,14 +315,17 @@ def messages_totals() -> Counter[tuple[str, str]]:
     for row in frozen:
         for outcome in ("sent", "failed", "skipped"):
             totals[(row["dispatcher__name"], outcome)] += row[outcome] or 0
-    live = (
-        CampaignItem.objects.filter(campaign_id__in=live_campaign_ids(), status__in=TERMINAL)
-        .values("campaign__dispatcher__name", "status")
-        .annotate(n=Count("id"))
-        .order_by()
+    # The others from the counters the database keeps per campaign and status.
+    names = dict(
+        Campaign.objects.exclude(status=Campaign.Status.COMPLETED).values_list(
+            "pk", "dispatcher__name"
+        )
     )
-    for row in live:
-        totals[(row["campaign__dispatcher__name"], row["status"])] += row["n"]
+    live = CampaignStatusCount.objects.filter(
+        campaign_id__in=list(names), status__in=TERMINAL, count__gt=0
+    )
+    for campaign_id, status, count in live.values_list("campaign_id", "status", "count"):
+        totals[(names[campaign_id], status)] += count
     return totals
 
 
@@ -366,28 +369,37 @@ class DispatcherPanel:
 
 def dispatchers_panel(*, now: datetime | None = None) -> list[DispatcherPanel]:
     """One aggregate query per figure, grouped by dispatcher."""
-    from campaigns.models import Batch, Campaign, CampaignItem
+    from campaigns.models import Batch, Campaign, CampaignItem, CampaignStatusCount
     from dispatchers.models import Dispatcher, RateUsage
 
     now = now or timezone.now()
     panels = {d.pk: DispatcherPanel(dispatcher=d) for d in Dispatcher.objects.all()}
     S = CampaignItem.Status
-    items = (
+    # Pending and deferred from the maintained counters; only the deferred
+    # rows are read, to tell which of them are due again.
+    sending = dict(
+        Campaign.objects.filter(status=Campaign.Status.SENDING).values_list("pk", "dispatcher_id")
+    )
+    counts = CampaignStatusCount.objects.filter(
+        campaign_id__in=list(sending), status__in=[S.PENDING, S.DEFERRED], count__gt=0
+    )
+    for campaign_id, status, count in counts.values_list("campaign_id", "status", "count"):
+        if panel := panels.get(sending[campaign_id]):
+            if status == S.PENDING:
+                panel.backlog += count
+            else:
+                panel.deferred += count
+    due = (
         CampaignItem.objects.filter(
-            campaign__status=Campaign.Status.SENDING, status__in=[S.PENDING, S.DEFERRED]
+            campaign_id__in=list(sending), status=S.DEFERRED, next_attempt_at__lte=now
         )
-        .values("campaign__dispatcher_id")
-        .annotate(
-            backlog=Count(
-                "id", filter=Q(status=S.PENDING) | Q(status=S.DEFERRED, next_attempt_at__lte=now)
-            ),
-            deferred=Count("id", filter=Q(status=S.DEFERRED)),
-        )
+        .values("campaign_id")
+        .annotate(n=Count("id"))
         .order_by()
     )
-    for row in items:
-        if panel := panels.get(row["campaign__dispatcher_id"]):
-            panel.backlog, panel.deferred = row["backlog"], row["deferred"]
+    for row in due:
+        if panel := panels.get(sending[row["campaign_id"]]):
+            panel.backlog += row["n"]
     batches = (
         Batch.objects.filter(finished_at__isnull=True)
         .values("dispatcher_id")
