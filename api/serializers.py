@@ -10,12 +10,14 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
+from campaigns.audience import segment_rules_check
 from campaigns.imports import RowRejected, contact_row_clean, suppression_row_clean
 from campaigns.models import (
     Campaign,
     CampaignItem,
     Contact,
     ContactList,
+    Segment,
     Suppression,
     Template,
 )
@@ -145,6 +147,38 @@ class ContactListSerializer(serializers.ModelSerializer):
         read_only_fields = ["created_at"]
 
 
+class SegmentSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Segment
+        fields = [
+            "id",
+            "name",
+            "description",
+            "statuses",
+            "lists",
+            "not_lists",
+            "conditions",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["created_at", "updated_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # The rules the filter can apply, as the admin form checks them.
+        try:
+            segment_rules_check(
+                statuses=attrs.get("statuses", getattr(self.instance, "statuses", [])),
+                conditions=attrs.get("conditions", getattr(self.instance, "conditions", [])),
+            )
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError({"conditions": exc.messages}) from None
+        return attrs
+
+
+class CountSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+
+
 class SuppressionSerializer(serializers.ModelSerializer):
     class Meta:
         model = Suppression
@@ -197,7 +231,10 @@ class PreviewSerializer(serializers.Serializer):
 
 class CampaignSerializer(serializers.ModelSerializer):
     lists = serializers.PrimaryKeyRelatedField(
-        queryset=ContactList.objects.all(), many=True, allow_empty=False
+        queryset=ContactList.objects.all(), many=True, required=False
+    )
+    segments = serializers.PrimaryKeyRelatedField(
+        queryset=Segment.objects.all(), many=True, required=False
     )
 
     class Meta:
@@ -216,6 +253,9 @@ class CampaignSerializer(serializers.ModelSerializer):
             "unique_opens",
             "unique_clicks",
             "lists",
+            "segments",
+            "exclude_lists",
+            "exclude_segments",
             "dispatcher",
             "pool",
             "status",
@@ -239,6 +279,12 @@ class CampaignSerializer(serializers.ModelSerializer):
         ]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        lists = attrs.get("lists", self.instance.lists.all() if self.instance else [])
+        segments = attrs.get("segments", self.instance.segments.all() if self.instance else [])
+        if not lists and not segments:
+            raise serializers.ValidationError(
+                {"lists": ["Choose at least one list or segment to send to."]}
+            )
         # The model's own cross-field rules (an autoresponder needs a delay,
         # or a date attribute when a date triggers it).
         probe = Campaign(

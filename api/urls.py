@@ -8,6 +8,7 @@ from .exceptions import not_found
 router = SimpleRouter(trailing_slash=True)
 router.register("contacts", views.ContactViewSet)
 router.register("lists", views.ContactListViewSet)
+router.register("segments", views.SegmentViewSet)
 router.register("suppressions", views.SuppressionViewSet)
 router.register("templates", views.TemplateViewSet)
 router.register("campaigns", views.CampaignViewSet)

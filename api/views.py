@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
@@ -14,9 +15,19 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from campaigns import lifecycle
 from campaigns import services as campaign_services
+from campaigns.audience import segment_count
 from campaigns.messages import MessageBuildError, template_preview
-from campaigns.models import Campaign, CampaignItem, Contact, ContactList, Suppression, Template
+from campaigns.models import (
+    Campaign,
+    CampaignItem,
+    Contact,
+    ContactList,
+    Segment,
+    Suppression,
+    Template,
+)
 from campaigns.selectors import campaign_counts, campaign_progress
 from campaigns.services import campaign_duplicate
 from campaigns.sms import SmsBuildError, sms_preview
@@ -129,6 +140,18 @@ class ContactListViewSet(AdminModelViewSet):
     serializer_class = s.ContactListSerializer
 
 
+class SegmentViewSet(AdminModelViewSet):
+    queryset = Segment.objects.prefetch_related("lists", "not_lists")
+    serializer_class = s.SegmentSerializer
+    action_permissions = {"count": ["campaigns.view_segment", "campaigns.view_contact"]}
+
+    @extend_schema(responses=s.CountSerializer)
+    @action(detail=True, methods=["get"])
+    def count(self, request: Request, pk: str) -> Response:
+        """How many contacts the segment holds now."""
+        return Response({"count": segment_count(segment=self.get_object())})
+
+
 class SuppressionViewSet(AdminModelViewSet):
     queryset = Suppression.objects.all()
     serializer_class = s.SuppressionSerializer
@@ -159,7 +182,9 @@ class TemplateViewSet(AdminModelViewSet):
 
 
 class CampaignViewSet(AdminModelViewSet):
-    queryset = Campaign.objects.select_related("template", "dispatcher").prefetch_related("lists")
+    queryset = Campaign.objects.select_related("template", "dispatcher").prefetch_related(
+        "lists", "segments", "exclude_lists", "exclude_segments"
+    )
     serializer_class = s.CampaignSerializer
     # Campaigns that have sent keep their history; a draft is deleted in
     # the admin, where the cascade is shown first.
@@ -170,6 +195,8 @@ class CampaignViewSet(AdminModelViewSet):
         "pause": ["campaigns.pause_campaign"],
         "resume": ["campaigns.pause_campaign"],
         "duplicate": ["campaigns.add_campaign"],
+        "cancel": ["campaigns.change_campaign"],
+        "unschedule": ["campaigns.change_campaign"],
         "progress": ["campaigns.view_campaign"],
         "recipients": ["campaigns.view_campaign", "campaigns.view_campaignitem"],
     }
@@ -215,6 +242,25 @@ class CampaignViewSet(AdminModelViewSet):
         campaign = self.get_object()
         if not campaign_services.campaign_resume(campaign=campaign):
             raise Conflict(f"Only a paused campaign resumes; this one is {campaign.status}.")
+        return Response(s.CampaignSerializer(self.get_object()).data)
+
+    @extend_schema(request=None, responses=s.CampaignSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        """Stop for good: no further message leaves."""
+        return self._lifecycle(lifecycle.campaign_cancel)
+
+    @extend_schema(request=None, responses=s.CampaignSerializer)
+    @action(detail=True, methods=["post"])
+    def unschedule(self, request: Request, pk: str) -> Response:
+        """Back to draft, before it starts."""
+        return self._lifecycle(lifecycle.campaign_unschedule)
+
+    def _lifecycle(self, move: Any) -> Response:
+        try:
+            move(campaign=self.get_object())
+        except DjangoValidationError as exc:
+            raise Conflict(exc.messages[0]) from None
         return Response(s.CampaignSerializer(self.get_object()).data)
 
     @extend_schema(request=None, responses={201: s.CampaignSerializer})

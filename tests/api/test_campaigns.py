@@ -146,3 +146,42 @@ def test_a_pooled_campaign_must_use_a_member_of_its_pool(marketer: Any, cast: Ca
     created = marketer.post("/api/v1/campaigns/", body, format="json")
     assert created.status_code == 201
     assert created.json()["pool"] == pool.pk
+
+
+def test_segments_by_api_and_a_campaign_sent_to_one(marketer: Any, cast: Cast) -> None:
+    Contact.objects.bulk_create(
+        Contact(email=f"g{i}@example.org", attributes={"plan": "gold" if i % 2 else "free"})
+        for i in range(6)
+    )
+    bad = {"name": "Gold", "conditions": [{"attribute": "plan", "op": "resembles", "value": 1}]}
+    refused = marketer.post("/api/v1/segments/", bad, format="json")
+    assert refused.status_code == 400 and "conditions" in refused.json()["details"]
+
+    good = {**bad, "conditions": [{"attribute": "plan", "op": "equals", "value": "gold"}]}
+    created = marketer.post("/api/v1/segments/", good, format="json")
+    assert created.status_code == 201, created.json()
+    segment = created.json()["id"]
+    assert marketer.get(f"/api/v1/segments/{segment}/count/").json() == {"count": 3}
+
+    body = {
+        "name": "To the gold ones",
+        "template": cast.template.pk,
+        "dispatcher": cast.dispatcher.pk,
+        "segments": [segment],
+    }
+    campaign = marketer.post("/api/v1/campaigns/", body, format="json")
+    assert campaign.status_code == 201, campaign.json()
+    assert campaign.json()["segments"] == [segment] and campaign.json()["lists"] == []
+    nobody = marketer.post("/api/v1/campaigns/", {**body, "segments": []}, format="json")
+    assert nobody.status_code == 400
+    assert "Choose at least one list or segment" in str(nobody.json()["details"])
+
+
+def test_cancel_and_unschedule_by_api(marketer: Any, cast: Cast) -> None:
+    response = marketer.post(f"/api/v1/campaigns/{cast.live.pk}/cancel/")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    again = marketer.post(f"/api/v1/campaigns/{cast.live.pk}/cancel/")
+    assert again.status_code == 409
+    assert again.json()["code"] and "cancel" in again.json()["message"].lower()
+    draft = marketer.post(f"/api/v1/campaigns/{cast.live.pk}/unschedule/")
+    assert draft.status_code == 409

@@ -74,6 +74,23 @@ TABLE: list[tuple[str, str, Url, Body | None, int, tuple[str, ...]]] = [
         204,
         (M, A),
     ),
+    ("list segments", "get", lambda c: "/api/v1/segments/", None, 200, (M, A)),
+    (
+        "create segment",
+        "post",
+        lambda c: "/api/v1/segments/",
+        lambda c: {"name": "Active", "statuses": ["active"]},
+        201,
+        (M, A),
+    ),
+    (
+        "cancel campaign",
+        "post",
+        lambda c: f"/api/v1/campaigns/{c.live.pk}/cancel/",
+        lambda c: {},
+        200,
+        (M, A),
+    ),
     ("list suppressions", "get", lambda c: "/api/v1/suppressions/", None, 200, (M, A)),
     (
         "create suppression",
