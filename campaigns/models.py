@@ -343,6 +343,8 @@ class Campaign(models.Model):
     # once, machines not counted), so the report never counts events.
     unique_opens = models.PositiveIntegerField(default=0, editable=False)
     unique_clicks = models.PositiveIntegerField(default=0, editable=False)
+    # Recipients who unsubscribed through this campaign's link or header.
+    unsubscribes = models.PositiveIntegerField(default=0, editable=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, editable=False
     )

@@ -34,9 +34,11 @@ def _campaign(pk: int) -> Campaign:
 
 
 def live_context(campaign: Campaign) -> dict[str, Any]:
+    counts = reports.report_counts(campaign=campaign)
     return {
         "campaign": campaign,
-        "counts": reports.report_counts(campaign=campaign),
+        "counts": counts,
+        "engagement": reports.engagement(campaign=campaign, sent=counts.sent),
         "chart": reports.sends_per_minute(campaign=campaign),
     }
 

@@ -93,6 +93,24 @@ def report_counts(*, campaign: Campaign) -> ReportCounts:
     )
 
 
+@dataclass(frozen=True)
+class Engagement:
+    open_rate: float
+    click_rate: float
+
+
+def engagement(*, campaign: Campaign, sent: int) -> Engagement:
+    """Unique opens and clicks as shares of the messages sent (maintained
+    counters on the campaign; tracking.py keeps them)."""
+
+    def rate(n: int) -> float:
+        return round(100 * n / sent, 1) if sent else 0.0
+
+    return Engagement(
+        open_rate=rate(campaign.unique_opens), click_rate=rate(campaign.unique_clicks)
+    )
+
+
 # --- sends per minute ---------------------------------------------------------
 
 

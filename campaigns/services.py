@@ -1009,7 +1009,13 @@ def contact_unsubscribe(*, token: str, source: str) -> str | None:
     if item is None:
         return None
     contact = item.contact
-    Contact.objects.filter(pk=contact.pk).update(
-        status=Contact.Status.UNSUBSCRIBED, source=contact.source or f"unsubscribe:{source}"
+    left = (
+        Contact.objects.filter(pk=contact.pk)
+        .exclude(status=Contact.Status.UNSUBSCRIBED)
+        .update(
+            status=Contact.Status.UNSUBSCRIBED, source=contact.source or f"unsubscribe:{source}"
+        )
     )
+    if left:  # counted once, for the campaign whose message they left from
+        Campaign.objects.filter(pk=item.campaign_id).update(unsubscribes=F("unsubscribes") + 1)
     return contact.email

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core import signing
 from django.core.cache import cache
 from django.db import connection
 from django.http import StreamingHttpResponse
@@ -19,6 +20,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.roles import ADMINISTRATOR, MARKETER, OPERATOR
+from campaigns.messages import UNSUBSCRIBE_SALT as SALT
 from campaigns.models import Campaign, CampaignItem
 from tests.campaigns.cast import bulk_items, login_as
 from tests.helpers import make_campaign, make_dispatcher
@@ -292,3 +294,30 @@ def test_a_live_campaign_on_the_dashboard_opens_its_report(
     login_as(client, OPERATOR)
     html = client.get(reverse("admin:index")).content.decode()
     assert f'href="/campaigns/{campaign.pk}/"><strong>{campaign.name}</strong>' in html
+
+
+def test_the_report_shows_opens_clicks_and_unsubscribes(client: Client, campaign: Campaign) -> None:
+    bulk_items(campaign, 20, status=S.SENT)
+    token = campaign.items.first().token
+    Campaign.objects.filter(pk=campaign.pk).update(
+        track_opens=True, track_clicks=True, unique_opens=5, unique_clicks=2
+    )
+    unsubscribe = reverse("campaigns:unsubscribe", args=[signing.dumps(token, salt=SALT)])
+    for _ in range(2):  # one-click, twice: one unsubscribe
+        client.post(unsubscribe, {"List-Unsubscribe": "One-Click"})
+    login_as(client, MARKETER)
+
+    html = report(client, Campaign.objects.get(pk=campaign.pk)).content.decode()
+
+    assert (stat(html, "opens"), stat(html, "clicks"), stat(html, "unsubscribes")) == (
+        "5",
+        "2",
+        "1",
+    )
+    assert "25.0% of sent" in html and "10.0% of sent" in html
+
+
+def test_without_tracking_the_report_says_so(client: Client, campaign: Campaign) -> None:
+    login_as(client, MARKETER)
+    html = report(client, campaign).content.decode()
+    assert stat(html, "opens") == "–" and "tracking off" in html
