@@ -3,9 +3,9 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -13,6 +13,7 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
+from accounts.singleton import SingletonAdmin
 from dispatchers.models import Dispatcher
 
 from . import services
@@ -323,7 +324,7 @@ class CampaignItemAdmin(admin.ModelAdmin):
 
 
 @admin.register(MarketingConfiguration)
-class MarketingConfigurationAdmin(admin.ModelAdmin):
+class MarketingConfigurationAdmin(SingletonAdmin):
     """One page, no list, as the products our users come from have it: the
     footers, and the sizes that shape sending, shown for reference."""
 
@@ -332,6 +333,7 @@ class MarketingConfigurationAdmin(admin.ModelAdmin):
         ("Sending (read-only)", {"fields": ("campaign_batch_size", "items_page_size")}),
     )
     readonly_fields = ("campaign_batch_size", "items_page_size")
+    saved_message = "The marketing configuration was saved."
 
     @admin.display(description="Campaign batch size")
     def campaign_batch_size(self, obj: MarketingConfiguration) -> str:
@@ -342,23 +344,3 @@ class MarketingConfigurationAdmin(admin.ModelAdmin):
     @admin.display(description="Items creation page size")
     def items_page_size(self, obj: MarketingConfiguration) -> str:
         return f"{settings.HERALD_ITEMS_PAGE_SIZE} (HERALD_ITEMS_PAGE_SIZE)"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # the row is made on first visit
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def changelist_view(
-        self, request: HttpRequest, extra_context: dict | None = None
-    ) -> HttpResponse:
-        if not self.has_view_or_change_permission(request):
-            raise PermissionDenied
-        configuration = MarketingConfiguration.load()
-        return HttpResponseRedirect(
-            reverse("admin:campaigns_marketingconfiguration_change", args=[configuration.pk])
-        )
-
-    def response_change(self, request: HttpRequest, obj: MarketingConfiguration) -> HttpResponse:
-        self.message_user(request, "The marketing configuration was saved.", messages.SUCCESS)
-        return HttpResponseRedirect(request.path)

@@ -634,16 +634,14 @@ def batch_send(*, batch_id: int) -> int:
         now = timezone.now()
         lease = timedelta(seconds=settings.HERALD_BATCH_LEASE_SECONDS)
         Batch.objects.filter(pk=batch_id).update(started_at=now, lease_expires_at=now + lease)
-        # --- SMS: an SMS dispatcher's batch goes through Twilio (campaigns/sms.py);
-        # everything below builds email. Imported late: sms.py imports this module.
+        runner: type[BatchRun] = _BatchRun
         if batch.dispatcher.type == Dispatcher.Type.SMS:
-            from .sms import sms_batch_run
+            from .sms import SmsBatchRun  # sms.py imports this module: late
 
-            return sms_batch_run(batch=batch)
-        # --- end SMS
+            runner = SmsBatchRun
         _synchronous_commit(False)
         try:
-            run = _BatchRun(batch)
+            run = runner(batch)
             run.send_all()
         finally:
             _synchronous_commit(True)
@@ -664,7 +662,53 @@ def in_doubt_bound(*, connections: int) -> int:
     return write_chunk(connections=connections) + connections
 
 
-class _BatchRun:
+class BatchRun:
+    """What every kind of batch run shares: its tallies, and settling the
+    batch at the end (unsent items given back, the dispatcher's health and
+    each campaign's run of errors updated)."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.dispatcher = batch.dispatcher
+        self.settled = 0
+        self.lost: ConnectionLost | None = None
+        self.errors: dict[int, int] = {}  # campaign id -> errors since its last success
+        self.succeeded: set[int] = set()
+
+    def send_all(self) -> None:
+        raise NotImplementedError
+
+    def _count(self, campaign_id: int, *, ok: bool) -> None:
+        if ok:
+            self.errors[campaign_id] = 0
+            self.succeeded.add(campaign_id)
+        else:
+            self.errors[campaign_id] = self.errors.get(campaign_id, 0) + 1
+
+    def _stop(self, error: str) -> None:
+        """Retrying cannot help: stop the dispatcher and say what to fix."""
+        dispatcher_stop(dispatcher=self.dispatcher, error=error)
+
+    def close(self) -> None:
+        """Settle the batch: give back what was not sent, update health."""
+        now = timezone.now()
+        if CampaignItem.objects.filter(batch=self.batch, status=S.CLAIMED).exists():
+            batch_release(batch=self.batch, now=now)
+        else:
+            Batch.objects.filter(pk=self.batch.pk, finished_at__isnull=True).update(finished_at=now)
+        if self.lost is not None and self.lost.retry_pointless:
+            self._stop(str(self.lost))
+        elif self.lost is not None and self.settled == 0:
+            dispatcher_record_failure(dispatcher=self.dispatcher, error=str(self.lost))
+        elif self.settled:
+            dispatcher_record_success(dispatcher=self.dispatcher)
+        for campaign_id, errors in self.errors.items():
+            campaign_record_errors(
+                campaign_id=campaign_id, trailing=errors, reset=campaign_id in self.succeeded
+            )
+
+
+class _BatchRun(BatchRun):
     """One pass over a batch: build the messages, send them on the pool,
     record the results as they come back.
 
@@ -682,10 +726,7 @@ class _BatchRun:
     FLUSH_SECONDS = 0.25  # results wait at most this long to be written
 
     def __init__(self, batch: Batch) -> None:
-        self.batch = batch
-        self.dispatcher = batch.dispatcher
-        self.settled = 0
-        self.lost: ConnectionLost | None = None
+        super().__init__(batch)
         self.footer = MarketingConfiguration.load()  # the footers, once per batch
         self.skeletons: dict[int, MessageSkeleton] = {}  # campaign id -> skeleton
         self.campaigns: dict[int, Campaign] = {}
@@ -693,8 +734,6 @@ class _BatchRun:
         self.suppressed: set[str] = set()
         self.left: set[int] = set()  # items whose contact left the campaign's lists
         self.return_domain = bounce_domain(self.dispatcher)
-        self.errors: dict[int, int] = {}  # campaign id -> errors since its last success
-        self.succeeded: set[int] = set()
         self.skipped: dict[str, list[CampaignItem]] = {}  # reason -> items
         self.results: list[tuple[CampaignItem, SendResult, datetime]] = []
         self.oldest_result = 0.0
@@ -723,7 +762,7 @@ class _BatchRun:
             chunk: list[tuple[CampaignItem, WireMessage]] = []
             for count, item in enumerate(self.items()):
                 if count % self.REFRESH_EVERY == 0:
-                    self.sending = _sending_campaigns(self.batch)
+                    self.sending = batch_sending_campaigns(self.batch)
                     self.suppressed = _batch_suppressed(self.batch)
                     self.left = _batch_left_lists(self.batch)
                 if self.lost is not None:
@@ -835,34 +874,8 @@ class _BatchRun:
             CampaignItem.objects.filter(pk=item.pk).update(sending_started_at=None)
         self.lost = self.lost or lost
 
-    def _count(self, campaign_id: int, *, ok: bool) -> None:
-        if ok:
-            self.errors[campaign_id] = 0
-            self.succeeded.add(campaign_id)
-        else:
-            self.errors[campaign_id] = self.errors.get(campaign_id, 0) + 1
 
-    def close(self) -> None:
-        """Settle the batch: give back what was not sent, update health."""
-        now = timezone.now()
-        unsent = CampaignItem.objects.filter(batch=self.batch, status=S.CLAIMED).exists()
-        if unsent:
-            batch_release(batch=self.batch, now=now)
-        else:
-            Batch.objects.filter(pk=self.batch.pk, finished_at__isnull=True).update(finished_at=now)
-        if self.lost is not None and self.lost.retry_pointless:
-            dispatcher_stop(dispatcher=self.dispatcher, error=str(self.lost))
-        elif self.lost is not None and self.settled == 0:
-            dispatcher_record_failure(dispatcher=self.dispatcher, error=str(self.lost))
-        elif self.settled:
-            dispatcher_record_success(dispatcher=self.dispatcher)
-        for campaign_id, errors in self.errors.items():
-            campaign_record_errors(
-                campaign_id=campaign_id, trailing=errors, reset=campaign_id in self.succeeded
-            )
-
-
-def _sending_campaigns(batch: Batch) -> set[int]:
+def batch_sending_campaigns(batch: Batch) -> set[int]:
     campaign_ids = CampaignItem.objects.filter(batch=batch).values("campaign_id")
     return set(
         Campaign.objects.filter(pk__in=campaign_ids, status=Campaign.Status.SENDING).values_list(

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import phonenumbers
 from django.conf import settings
-from django.db import connection
 from django.db.models import Case, F, Value, When
 from django.template import Context
 from django.template import Template as DjangoTemplate
@@ -35,10 +34,8 @@ from .messages import unsubscribe_url
 from .models import Batch, Campaign, CampaignItem, Contact, Suppression, Template
 from .sandbox import TEXT_ENGINE, Fields
 from .services import (
-    batch_release,
-    campaign_record_errors,
-    dispatcher_record_failure,
-    dispatcher_record_success,
+    BatchRun,
+    batch_sending_campaigns,
     item_record_result,
     suppression_add,
 )
@@ -221,27 +218,7 @@ def twilio_transport_for(dispatcher: Dispatcher) -> TwilioTransport:
     )
 
 
-def sms_batch_run(*, batch: Batch) -> int:
-    """Send one claimed SMS batch (services.batch_send holds its lock and
-    has started its lease). Returns how many items it settled."""
-    # As for email: results committed without waiting for the WAL flush
-    # (DESIGN.md, the pipeline); a dead worker loses none of them.
-    _synchronous_commit(False)
-    try:
-        run = SmsBatchRun(batch)
-        run.send_all()
-    finally:
-        _synchronous_commit(True)
-    run.close()
-    return run.settled
-
-
-def _synchronous_commit(on: bool) -> None:
-    with connection.cursor() as cur:
-        cur.execute(f"SET synchronous_commit TO {'on' if on else 'off'}")
-
-
-class SmsBatchRun:
+class SmsBatchRun(BatchRun):
     """One pass over an SMS batch: check, render and send each item in
     turn over one Twilio session, recording each result as it comes."""
 
@@ -249,16 +226,11 @@ class SmsBatchRun:
     REFRESH_EVERY = 200
 
     def __init__(self, batch: Batch) -> None:
-        self.batch = batch
-        self.dispatcher = batch.dispatcher
+        super().__init__(batch)
         self.callback = status_callback_url(dispatcher_id=self.dispatcher.pk)
-        self.settled = 0
-        self.lost: ConnectionLost | None = None
         self.compiled: dict[int, DjangoTemplate | None] = {}
         self.sending: set[int] = set()
         self.suppressed: set[str] = set()
-        self.errors: dict[int, int] = {}  # campaign id -> errors since its last success
-        self.succeeded: set[int] = set()
 
     def items(self) -> Iterator[CampaignItem]:
         return (
@@ -283,7 +255,7 @@ class SmsBatchRun:
         try:
             for count, item in enumerate(self.items()):
                 if count % self.REFRESH_EVERY == 0:
-                    self.sending = _sending_campaigns(self.batch)
+                    self.sending = batch_sending_campaigns(self.batch)
                     self.suppressed = _batch_suppressed(self.batch)
                 self._send(transport, item)
                 if self.lost is not None:
@@ -353,39 +325,8 @@ class SmsBatchRun:
         )
         self.settled += 1
 
-    def _count(self, campaign_id: int, *, ok: bool) -> None:
-        if ok:
-            self.errors[campaign_id] = 0
-            self.succeeded.add(campaign_id)
-        else:
-            self.errors[campaign_id] = self.errors.get(campaign_id, 0) + 1
-
-    def close(self) -> None:
-        """Settle the batch: give back what was not sent, update health."""
-        now = timezone.now()
-        if CampaignItem.objects.filter(batch=self.batch, status=S.CLAIMED).exists():
-            batch_release(batch=self.batch, now=now)
-        else:
-            Batch.objects.filter(pk=self.batch.pk, finished_at__isnull=True).update(finished_at=now)
-        if self.lost is not None and self.lost.retry_pointless:
-            _dispatcher_stop(self.dispatcher, str(self.lost))
-        elif self.lost is not None and self.settled == 0:
-            dispatcher_record_failure(dispatcher=self.dispatcher, error=str(self.lost))
-        elif self.settled:
-            dispatcher_record_success(dispatcher=self.dispatcher)
-        for campaign_id, errors in self.errors.items():
-            campaign_record_errors(
-                campaign_id=campaign_id, trailing=errors, reset=campaign_id in self.succeeded
-            )
-
-
-def _sending_campaigns(batch: Batch) -> set[int]:
-    campaign_ids = CampaignItem.objects.filter(batch=batch).values("campaign_id")
-    return set(
-        Campaign.objects.filter(pk__in=campaign_ids, status=Campaign.Status.SENDING).values_list(
-            "pk", flat=True
-        )
-    )
+    def _stop(self, error: str) -> None:
+        _dispatcher_stop(self.dispatcher, error)
 
 
 def _patterns(email: str, phone: str) -> list[str]:

@@ -12,6 +12,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
+from accounts.singleton import SingletonAdmin
+
 from .forms import GlobalOptionsForm, SmtpServerForm
 from .models import POP_PORTS, SUGGESTED_PORTS, GlobalOptions, SmtpServer
 from .oauth import OAuthError, oauth_flow_start, redirect_uri
@@ -267,11 +269,12 @@ class SmtpServerAdmin(admin.ModelAdmin):
 
 
 @admin.register(GlobalOptions)
-class GlobalOptionsAdmin(admin.ModelAdmin):
+class GlobalOptionsAdmin(SingletonAdmin):
     """One page, no list: the changelist opens the single row."""
 
     form = GlobalOptionsForm
     change_form_template = "smtpservers/globaloptions_change_form.html"
+    saved_message = "The global options were saved."
     fieldsets = (
         (
             "Modern Authentication Options",
@@ -287,22 +290,6 @@ class GlobalOptionsAdmin(admin.ModelAdmin):
         ),
     )
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # the row is made on first visit
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def changelist_view(
-        self, request: HttpRequest, extra_context: dict | None = None
-    ) -> HttpResponse:
-        if not self.has_view_or_change_permission(request):
-            raise PermissionDenied
-        options = GlobalOptions.load()
-        return HttpResponseRedirect(
-            reverse("admin:smtpservers_globaloptions_change", args=[options.pk])
-        )
-
     def change_view(
         self,
         request: HttpRequest,
@@ -317,7 +304,3 @@ class GlobalOptionsAdmin(admin.ModelAdmin):
             "herald_redirect_uri": redirect_uri(),
         }
         return super().change_view(request, object_id, form_url, extra_context)
-
-    def response_change(self, request: HttpRequest, obj: GlobalOptions) -> HttpResponse:
-        self.message_user(request, "The global options were saved.", messages.SUCCESS)
-        return HttpResponseRedirect(request.path)
