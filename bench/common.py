@@ -99,10 +99,11 @@ def django_setup() -> None:
 
 
 def sql(statement: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    """Run one statement; a literal % is written %% (params or not)."""
     from django.db import connection
 
     with connection.cursor() as cur:
-        cur.execute(statement, params)
+        cur.execute(statement, params or {})
         return cur.fetchall() if cur.description else []
 
 

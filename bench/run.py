@@ -170,7 +170,7 @@ def table_rows(rows: list[Row], runs: list[dict[str, Any]], error: str | None) -
             met = "yes" if row.met(h, ref) else "no"
         elif row.met is not None:
             met = "n/a"
-        unit = f" {row.unit}" if row.unit else ""
+        unit = f" {row.unit}" if row.unit and h is not None else ""
         lines.append([row.figure, f"{fmt(h, row.digits)}{unit}", reference, ratio, row.target, met])
     return lines
 
