@@ -6,7 +6,7 @@ backlog far larger than the limit, for BENCH_RATE_MINUTES of compressed time
 Compressed time: batch_claim takes the moment it claims at (``now``), and
 the limit is enforced there, in the claim's transaction. Each of the 4
 processes loops: claim a batch (campaigns.services.batch_claim) at the
-shared virtual clock, which runs BENCH_RATE_SPEEDUP (default 4) times faster
+shared virtual clock, which runs BENCH_RATE_SPEEDUP (default 2) times faster
 than the real one, then send it for real (campaigns.services.batch_send,
 to smtp-sink). What each claim handed out, and when (virtual time), is
 recorded by the processes themselves, not read back from Herald's ledger.
@@ -60,7 +60,7 @@ ROWS = [
 LIMIT = 36_000
 PROCESSES = 4
 MINUTES = max(3, round(int(os.environ.get("BENCH_RATE_MINUTES") or 10) * min(scale(), 1.0)))
-SPEEDUP = float(os.environ.get("BENCH_RATE_SPEEDUP") or 4)
+SPEEDUP = float(os.environ.get("BENCH_RATE_SPEEDUP") or 2)
 
 
 class Clock:

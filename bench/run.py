@@ -223,7 +223,9 @@ def main() -> int:
     minutes = (time.monotonic() - started) / 60
     print("\n" + table + "\n", flush=True)
     command = "make bench"
-    settings = [f"{k}={os.environ[k]}" for k in ("BENCH_SCALE", "BENCH_REPEAT", "BENCH_ONLY")]
+    settings = [
+        f"{k}={os.environ.get(k, '')}" for k in ("BENCH_SCALE", "BENCH_REPEAT", "BENCH_ONLY")
+    ]
     settings = [s for s in settings if s.partition("=")[2]]
     if settings:
         command = " ".join(settings) + " " + command
