@@ -29,7 +29,7 @@ from typing import Any
 from bench.common import ROOT, Row, scale
 
 BENCHMARKS = ["outbound", "build", "generate", "claims", "ratelimit", "memory", "pages"]
-RESULTS = ROOT / "bench" / "results" / "latest.md"
+RESULTS = Path(os.environ.get("BENCH_OUTPUT") or ROOT / "bench" / "results" / "latest.md")
 PREFIX = os.environ.get("BENCH_DB_PREFIX") or "herald_bench_"
 
 
@@ -211,7 +211,8 @@ def main() -> int:
                     failed = True
                     break
             lines += table_rows(module.ROWS, runs, error)
-            notes.append(f"**{name}**: " + (module.__doc__ or "").strip().splitlines()[0])
+            summary = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
+            notes += ["", f"**{name}**: {summary}", ""]
             for i, run in enumerate(runs, 1):
                 notes += [f"- run {i}: {note}" for note in run["notes"]]
             if error:
@@ -252,7 +253,7 @@ def main() -> int:
             ]
         )
     )
-    print(f"bench: written to {RESULTS.relative_to(ROOT)}")
+    print(f"bench: written to {RESULTS}")
     return 1 if failed else 0
 
 
