@@ -72,7 +72,7 @@ bench: $(VENV)/.installed-dev bench-system-deps
 # of the outbound benchmark. Installed without configuration ("No
 # configuration"), so no mail server is set up; should the package start a
 # Postfix daemon anyway, it is stopped and disabled (the tools are all we want,
-# never a server on port 25). Without them that reference is reported as n/a.
+# never a server on port 25). Benchmarks 1, 5 and 6 send to smtp-sink.
 bench-system-deps:
 	@export PATH="$$PATH:/usr/sbin"; \
 	if ! command -v smtp-sink >/dev/null || ! command -v smtp-source >/dev/null; then \
@@ -86,7 +86,7 @@ bench-system-deps:
 	    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl disable --now postfix >/dev/null 2>&1 || true; fi; \
 	    update-rc.d postfix disable >/dev/null 2>&1 || true; \
 	  else \
-	    echo "make bench: smtp-sink/smtp-source missing and cannot be installed here; the smtp-source reference will be n/a"; \
+	    echo "make bench: smtp-sink/smtp-source missing and cannot be installed here (needs root and apt-get); benchmarks 1, 5 and 6 will fail"; \
 	  fi; \
 	fi
 

@@ -98,6 +98,7 @@ def server_ms(client: Any, url: str | None) -> float | None:
 
 
 def main() -> None:
+    from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.test import Client
     from django.urls import reverse
@@ -123,7 +124,8 @@ def main() -> None:
     vacuum("campaigns_campaignitem", "jobs_jobrun")
 
     admin = get_user_model().objects.create_superuser("bench", "bench@herald.test", "x")
-    client = Client(HTTP_HOST="localhost")
+    hosts = [h for h in settings.ALLOWED_HOSTS if h != "*" and not h.startswith(".")]
+    client = Client(HTTP_HOST=hosts[0] if hosts else "localhost")
     client.force_login(admin)
     pages = {
         "report_ms": url_for(REPORT_NAMES, campaign.pk),
