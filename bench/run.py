@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -212,7 +213,7 @@ def main() -> int:
                     break
             lines += table_rows(module.ROWS, runs, error)
             summary = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
-            notes += ["", f"**{name}**: {summary}", ""]
+            notes += [*([""] if notes else []), f"**{name}**: {summary}", ""]
             for i, run in enumerate(runs, 1):
                 notes += [f"- run {i}: {note}" for note in run["notes"]]
             if error:
@@ -224,10 +225,8 @@ def main() -> int:
     minutes = (time.monotonic() - started) / 60
     print("\n" + table + "\n", flush=True)
     command = "make bench"
-    settings = [
-        f"{k}={os.environ.get(k, '')}" for k in ("BENCH_SCALE", "BENCH_REPEAT", "BENCH_ONLY")
-    ]
-    settings = [s for s in settings if s.partition("=")[2]]
+    names = ("BENCH_SCALE", "BENCH_REPEAT", "BENCH_ONLY")
+    settings = [f"{k}={shlex.quote(os.environ[k])}" for k in names if os.environ.get(k)]
     if settings:
         command = " ".join(settings) + " " + command
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
