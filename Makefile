@@ -10,13 +10,13 @@ PY := $(VENV)/bin/python
 # Extra arguments for pytest: make test PYTEST_ARGS="-k outbox -x"
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-system-deps lint bench clean
+.PHONY: help run test test-system-deps lint bench bench-system-deps clean
 
 help:
 	@echo "make run    start Herald (web, worker, beat; embedded PostgreSQL unless DATABASE_URL is set)"
 	@echo "make test   run the test suite (throwaway PostgreSQL and Redis unless DATABASE_URL/REDIS_URL are set)"
 	@echo "make lint   ruff check and ruff format --check"
-	@echo "make bench  run the benchmarks in bench/ (by hand; never in CI)"
+	@echo "make bench  run the benchmarks and print their table (by hand; never in CI; see bench/README.md)"
 	@echo "make clean  remove the virtualenv, caches and collected static files (keeps var/ data)"
 
 $(PY):
@@ -68,13 +68,35 @@ lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# Each bench/*.py runs as a plain script, with throwaway PostgreSQL and Redis
-# (or those of DATABASE_URL / REDIS_URL); see bench/README.md.
-bench: $(VENV)/.installed-dev
-	@shopt -s nullglob; files=(bench/*.py); \
-	if [ $${#files[@]} -eq 0 ]; then echo "make bench: no benchmarks in bench/ yet (see bench/README.md)"; exit 0; fi; \
-	PYTHONPATH=$(CURDIR) $(PY) -m config.launcher exec -- bash -c \
-	  'for f in "$$@"; do echo "== $$f"; "$(PY)" "$$f" || exit $$?; done' bench "$${files[@]}"
+# The benchmarks (bench/README.md): each runs on a fresh database (an embedded
+# PostgreSQL unless DATABASE_URL is set), 3 times, and the median goes in the
+# table printed at the end and written to bench/results/latest.md.
+# BENCH_SCALE=0.05 shrinks every size for a quick run, BENCH_REPEAT=1 runs
+# each once, BENCH_ONLY="outbound build" runs only those.
+bench: $(VENV)/.installed-dev bench-system-deps
+	PYTHONPATH=$(CURDIR) $(PY) -m config.launcher exec -- $(PY) -m bench.run
+
+# smtp-sink and smtp-source come with Debian's postfix package: the reference
+# of the outbound benchmark. Installed without configuration ("No
+# configuration"), so no mail server is set up; should the package start a
+# Postfix daemon anyway, it is stopped and disabled (the tools are all we want,
+# never a server on port 25). Benchmarks 1, 5 and 6 send to smtp-sink.
+bench-system-deps:
+	@export PATH="$$PATH:/usr/sbin"; \
+	if ! command -v smtp-sink >/dev/null || ! command -v smtp-source >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make bench: installing postfix for smtp-sink and smtp-source (apt-get)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+	    apt-get install -y -q --no-install-recommends postfix >/dev/null \
+	      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends postfix >/dev/null; }; \
+	    postfix stop >/dev/null 2>&1 || true; \
+	    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl disable --now postfix >/dev/null 2>&1 || true; fi; \
+	    update-rc.d postfix disable >/dev/null 2>&1 || true; \
+	  else \
+	    echo "make bench: smtp-sink/smtp-source missing and cannot be installed here (needs root and apt-get); benchmarks 1, 5 and 6 will fail"; \
+	  fi; \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache var/static

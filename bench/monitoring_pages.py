@@ -10,7 +10,9 @@ query on campaign items (or slower than 20 ms) the scans of its plan
 (EXPLAIN ANALYZE). Works in a database of its own (test_<name>), dropped
 at the end.
 
-    make bench        # or: python -m config.launcher exec -- python bench/monitoring_pages.py
+    python -m config.launcher exec -- python bench/monitoring_pages.py
+
+(by hand: make bench runs bench/run.py)
 
 BENCH_ITEMS scales the items (and contacts); BENCH_RUNS the job runs per job.
 

@@ -7,7 +7,9 @@ counts by status, sends per minute, the recipients table (first page, a
 page in the middle, the failed filter, an email prefix search) and the
 whole CSV export.
 
-    make bench            # or: python -m config.launcher exec -- python bench/report_pages.py
+    python -m config.launcher exec -- python bench/report_pages.py
+
+(by hand: make bench runs bench/run.py)
 
 Median of 5 runs each, in milliseconds (export: rows per second).
 
