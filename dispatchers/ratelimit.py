@@ -37,8 +37,11 @@ def rate_budget(*, dispatcher: Dispatcher, now: datetime) -> int:
     batch: it would spend a small limit in its first minutes, the very
     thing spreading prevents."""
     current = _minute(now)
+    # The ledger counts by whole minutes, so the rolling hour ending now can
+    # still hold the end of the minute that began 60 minutes ago: that
+    # minute is counted too, or a window straddling it could pass the limit.
     spent = dict(
-        RateUsage.objects.filter(dispatcher=dispatcher, minute__gt=current - WINDOW).values_list(
+        RateUsage.objects.filter(dispatcher=dispatcher, minute__gte=current - WINDOW).values_list(
             "minute", "count"
         )
     )
@@ -61,8 +64,9 @@ def _daily_cap(dispatcher: Dispatcher, now: datetime) -> int | None:
 
 
 def _spent_since(dispatcher: Dispatcher, start: datetime) -> int:
+    # From the minute ``start`` falls in: a rolling day can hold part of it.
     return (
-        RateUsage.objects.filter(dispatcher=dispatcher, minute__gt=start).aggregate(
+        RateUsage.objects.filter(dispatcher=dispatcher, minute__gte=start).aggregate(
             total=Sum("count")
         )["total"]
         or 0
@@ -121,5 +125,5 @@ def rate_refund(*, dispatcher_id: int, count: int, spent_at: datetime) -> None:
 
 
 def rate_usage_prune(*, now: datetime) -> int:
-    deleted, _ = RateUsage.objects.filter(minute__lte=_minute(now) - RETENTION).delete()
+    deleted, _ = RateUsage.objects.filter(minute__lt=_minute(now) - RETENTION).delete()
     return deleted

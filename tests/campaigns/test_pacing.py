@@ -85,11 +85,12 @@ def test_spreading_never_exceeds_the_limit_in_any_rolling_hour_and_uses_it(
         per_minute.append(claimed)
 
     assert max(per_minute) == 10
+    # Any rolling hour touches 61 of the ledger's minutes: those hold 600 at most.
+    spans = [sum(per_minute[m : m + 61]) for m in range(len(per_minute) - 60)]
+    assert max(spans) == 600
+    # With a backlog, every hour uses its limit within 2% (the issue asks for 95%).
     hours = [sum(per_minute[m : m + 60]) for m in range(len(per_minute) - 59)]
-    assert max(hours) == 600
-    # With a backlog, every hour uses the whole limit (the issue asks for 95%).
-    assert min(hours) == 600
-    assert sum(per_minute) == 1250
+    assert min(hours) >= 588
 
 
 def test_a_small_limit_is_spread_one_message_at_a_time(start: datetime) -> None:
@@ -113,9 +114,11 @@ def test_spreading_keeps_the_hourly_limit_after_a_fast_hour(start: datetime) -> 
 
     Dispatcher.objects.filter(pk=dispatcher.pk).update(pacing=SPREAD)
 
-    for minute in range(1, 60):
+    # The first minute's 120 leave the rolling hour only once all of that
+    # minute is more than an hour ago.
+    for minute in range(1, 61):
         assert claim_all(dispatcher, now=start + timedelta(minutes=minute)) == []
-    assert claim_all(dispatcher, now=start + timedelta(minutes=60)) == [2]
+    assert claim_all(dispatcher, now=start + timedelta(minutes=61)) == [2]
 
 
 def test_as_fast_as_allowed_claims_the_hourly_limit_at_once(start: datetime) -> None:
@@ -164,7 +167,8 @@ def test_a_block_stays_within_the_hourly_limit(start: datetime) -> None:
     assert claim_all(dispatcher, now=start) == [50]
     assert claim_all(dispatcher, now=start + timedelta(minutes=2)) == [10]  # hourly limit: 60
     assert claim_all(dispatcher, now=start + timedelta(minutes=30)) == []
-    assert claim_all(dispatcher, now=start + timedelta(minutes=60)) == [50]
+    assert claim_all(dispatcher, now=start + timedelta(minutes=60)) == []
+    assert claim_all(dispatcher, now=start + timedelta(minutes=61)) == [50]
 
 
 def test_a_daily_limit_holds_over_any_24_hours(start: datetime) -> None:
@@ -173,7 +177,8 @@ def test_a_daily_limit_holds_over_any_24_hours(start: datetime) -> None:
     )
     backlog(1000, dispatcher)
 
-    spent = [sum(claim_all(dispatcher, now=start + timedelta(hours=h))) for h in range(26)]
+    # Every 61 minutes: each claim's hour is then wholly past.
+    spent = [sum(claim_all(dispatcher, now=start + timedelta(minutes=61 * h))) for h in range(26)]
     assert spent[:3] == [100, 100, 50]
     assert sum(spent[:24]) == 250  # the 24 hours from the first claim
     assert spent[24:26] == [100, 100]  # the first hours' messages have left the window
