@@ -419,6 +419,15 @@ def _campaigns_served(dispatcher: Dispatcher) -> list[int]:
     )
 
 
+def batch_successor_claim(*, batch_id: int) -> Batch | None:
+    """Claim the next batch for the dispatcher a finished batch belonged to,
+    so a worker that has just freed up need not wait for the next
+    process-messages run: the limits hold as for any claim."""
+    dispatcher_id = Batch.objects.filter(pk=batch_id).values_list("dispatcher_id", flat=True)
+    first = dispatcher_id.first()
+    return batch_claim(dispatcher_id=first) if first is not None else None
+
+
 def messages_process(*, now: datetime | None = None) -> int:
     """The process-messages job: reclaim dead batches, then claim new ones.
     Returns the items it moved (released plus claimed)."""

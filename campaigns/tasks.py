@@ -21,9 +21,12 @@ def process_messages() -> int:
 
 @shared_task(name=Job.PROCESS_OUTBOUND.value)
 def send_batch(batch_id: int) -> int:
-    return job_run_record(
+    settled = job_run_record(
         job=Job.PROCESS_OUTBOUND, work=lambda: services.batch_send(batch_id=batch_id)
     )
+    # Keep the dispatcher's queue full between process-messages runs.
+    services.batch_successor_claim(batch_id=batch_id)
+    return settled
 
 
 @shared_task(name=Job.MARK_COMPLETED.value)

@@ -289,3 +289,22 @@ def test_list_unsubscribe_travels_as_plain_urls_not_encoded_words(settings):
     assert header.startswith("List-Unsubscribe: <https://mail.example.com/a-long-prefix")
     assert "=?" not in header and ", <mailto:unsubscribe+" in header
     assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in raw
+
+
+def test_a_finished_batch_claims_its_successor_within_the_limits():
+    dispatcher = make_dispatcher(
+        delivery_mode="pickup",
+        pickup_directory="/tmp/herald-test-outbox",
+        batch_size=10,
+        messages_per_hour=25,
+    )
+    start(30, dispatcher)
+    first = services.batch_claim(dispatcher_id=dispatcher.pk)
+    services.batch_send(batch_id=first.pk)
+
+    second = services.batch_successor_claim(batch_id=first.pk)
+    assert second is not None and second.size == 10
+    services.batch_send(batch_id=second.pk)
+    third = services.batch_successor_claim(batch_id=second.pk)
+    assert third is not None and third.size == 5  # the hourly limit: 25
+    assert services.batch_successor_claim(batch_id=third.pk) is None
