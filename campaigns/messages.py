@@ -413,6 +413,10 @@ class MessageSkeleton:
             if dispatcher.reply_to:
                 self.headers["Reply-To"] = dispatcher.reply_to
                 self.sender_headers += _policy_header("Reply-To", _header(dispatcher.reply_to))
+            if dispatcher.request_read_receipts:
+                receipts = _header(dispatcher.from_email)
+                self.headers["Disposition-Notification-To"] = receipts
+                self.sender_headers += _policy_header("Disposition-Notification-To", receipts)
         except MessageBuildError as exc:
             self.error = str(exc)
         self.headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"

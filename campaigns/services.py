@@ -772,7 +772,8 @@ class _BatchRun(BatchRun):
             for count, item in enumerate(self.items()):
                 if count % self.REFRESH_EVERY == 0:
                     self.sending = batch_sending_campaigns(self.batch)
-                    self.suppressed = _batch_suppressed(self.batch)
+                    if self.dispatcher.check_suppressions:
+                        self.suppressed = _batch_suppressed(self.batch)
                     self.left = _batch_left_lists(self.batch)
                 if self.lost is not None:
                     break

@@ -304,6 +304,17 @@ class Dispatcher(models.Model):
         "sender name", max_length=200, blank=True, validators=[validate_header_value]
     )
     reply_to = models.EmailField(blank=True, validators=[validate_header_value])
+    request_read_receipts = models.BooleanField(
+        default=False,
+        help_text="Ask mail clients for a read receipt (Disposition-Notification-To), sent "
+        "to the sender address.",
+    )
+    check_suppressions = models.BooleanField(
+        "check recipients against the suppression lists before sending",
+        default=True,
+        help_text="Suppressed addresses are always left out when a campaign's recipients "
+        "are listed; this checks again just before each message leaves.",
+    )
     # SMS through Twilio's Messages API.
     twilio_account_sid = models.CharField(
         "account SID", max_length=34, blank=True, validators=[validate_account_sid]

@@ -116,3 +116,43 @@ def test_a_contact_who_left_the_list_after_the_claim_gets_nothing(tmp_path: Path
     item = CampaignItem.objects.get(campaign=campaign, contact=leaver)
     assert (item.status, item.skip_reason) == (S.SKIPPED, "unsubscribed")
     assert len(messages(outbox)) == 2
+
+
+def test_read_receipts_are_asked_for_only_when_the_dispatcher_wants_them(
+    tmp_path: Path,
+) -> None:
+    _, outbox = send(tmp_path / "plain")
+    assert "Disposition-Notification-To" not in messages(outbox)[0]
+
+    outbox = tmp_path / "receipts" / "outbox"
+    dispatcher = make_dispatcher(
+        delivery_mode="pickup", pickup_directory=str(outbox), request_read_receipts=True
+    )
+    make_campaign(
+        dispatcher=dispatcher,
+        lists=[make_audience(1, name="R", domain="r.example")],
+        status=Campaign.Status.SCHEDULED,
+    )
+    services.items_generate()
+    batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+    services.batch_send(batch_id=batch.pk)
+    assert messages(outbox)[0]["Disposition-Notification-To"] == "news@herald.test"
+
+
+@pytest.mark.parametrize(("check", "sent"), [(True, 1), (False, 2)])
+def test_the_send_time_suppression_check_can_be_switched_off(
+    tmp_path: Path, check: bool, sent: int
+) -> None:
+    outbox = tmp_path / "outbox"
+    dispatcher = make_dispatcher(
+        delivery_mode="pickup", pickup_directory=str(outbox), check_suppressions=check
+    )
+    audience = make_audience(2)
+    make_campaign(dispatcher=dispatcher, lists=[audience], status=Campaign.Status.SCHEDULED)
+    services.items_generate()
+    services.suppression_add(pattern="user0@example.org", source="manual")  # after listing
+
+    batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+    services.batch_send(batch_id=batch.pk)
+
+    assert len(messages(outbox)) == sent
