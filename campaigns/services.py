@@ -41,6 +41,7 @@ from .models import (
     Batch,
     Campaign,
     CampaignItem,
+    CampaignStatusCount,
     Contact,
     MarketingConfiguration,
     Subscription,
@@ -349,11 +350,13 @@ CLAIM_SWEEP_EVERY = 10
 _claim_cursors: dict[int, tuple[int, int]] = {}  # dispatcher id -> (last id, claims since sweep)
 
 
-def _due_ids(*, dispatcher: Dispatcher, wanted: int, now: datetime) -> list[int]:
+def _due_ids(
+    *, dispatcher: Dispatcher, campaigns: list[int], wanted: int, now: datetime
+) -> list[int]:
     dispatcher_id = dispatcher.pk
     due = (
         CampaignItem.objects.select_for_update(skip_locked=True, of=("self",))
-        .filter(campaign_id__in=_campaigns_served(dispatcher))
+        .filter(campaign_id__in=campaigns)
         .filter(Q(status=S.PENDING) | Q(status=S.DEFERRED, next_attempt_at__lte=now))
         .order_by("id")
         .values_list("id", flat=True)
@@ -370,6 +373,41 @@ def _due_ids(*, dispatcher: Dispatcher, wanted: int, now: datetime) -> list[int]
         ids += list(due.filter(id__lte=after)[: wanted - len(ids)])
     _claim_cursors[dispatcher_id] = (0, 0)
     return ids
+
+
+# Items that count against a sending task's limit: handed to the transport,
+# or about to be.
+_TASK_USED = (S.CLAIMED, S.SENT, S.FAILED, S.DEFERRED, S.BOUNCED)
+
+
+def _within_task_limit(
+    dispatcher: Dispatcher, campaigns: list[int], wanted: int
+) -> tuple[list[int], int]:
+    """The dispatcher's limit per sending task: each campaign stops after
+    that many messages, paused with the reason, and a claim never takes a
+    campaign past it. Reads the maintained counters, not the items."""
+    limit = dispatcher.task_message_limit or 0
+    used: dict[int, int] = dict.fromkeys(campaigns, 0)
+    waiting: set[int] = set()  # campaigns with items still to send
+    counts = CampaignStatusCount.objects.filter(campaign_id__in=campaigns, count__gt=0)
+    for campaign_id, status, count in counts.values_list("campaign_id", "status", "count"):
+        if status in _TASK_USED:
+            used[campaign_id] += count
+        if status in (S.PENDING, S.DEFERRED):
+            waiting.add(campaign_id)
+    done = [c for c, n in used.items() if n >= limit]
+    # One that sent its whole audience within the limit completes as usual.
+    stopped = [c for c in done if c in waiting]
+    if stopped:
+        Campaign.objects.filter(pk__in=stopped, status=Campaign.Status.SENDING).update(
+            status=Campaign.Status.PAUSED,
+            paused_reason=f"Stopped after {limit} messages: the limit per sending task of "
+            f"dispatcher {dispatcher.name}. Raise it and resume to send the rest.",
+        )
+    left = [c for c in campaigns if c not in done]
+    if left:
+        wanted = min(wanted, *(limit - used[c] for c in left))
+    return left, wanted
 
 
 def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | None:
@@ -394,7 +432,10 @@ def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | N
         wanted = min(dispatcher.batch_size, rate_budget(dispatcher=dispatcher, now=now))
         if wanted <= 0:
             return None
-        ids = _due_ids(dispatcher=dispatcher, wanted=wanted, now=now)
+        campaigns = _campaigns_served(dispatcher)
+        if dispatcher.task_message_limit:
+            campaigns, wanted = _within_task_limit(dispatcher, campaigns, wanted)
+        ids = _due_ids(dispatcher=dispatcher, campaigns=campaigns, wanted=wanted, now=now)
         if not ids:
             return None
         lease = timedelta(seconds=settings.HERALD_BATCH_LEASE_SECONDS)

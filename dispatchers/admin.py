@@ -119,6 +119,7 @@ class DispatcherAdmin(admin.ModelAdmin):
                     "block_size",
                     "block_pause_minutes",
                     "connections",
+                    "task_message_limit",
                     "check_suppressions",
                     "retry_failed_after_sending",
                     "delivery_mode",

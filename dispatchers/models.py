@@ -309,6 +309,14 @@ class Dispatcher(models.Model):
         help_text="Ask mail clients for a read receipt (Disposition-Notification-To), sent "
         "to the sender address.",
     )
+    task_message_limit = models.PositiveIntegerField(
+        "limit per sending task",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Optional: each campaign sent through this dispatcher stops after this "
+        "many messages and says so; raise the limit and resume it to send the rest.",
+    )
     check_suppressions = models.BooleanField(
         "check recipients against the suppression lists before sending",
         default=True,

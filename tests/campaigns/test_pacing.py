@@ -34,6 +34,15 @@ def backlog(count: int, dispatcher: Dispatcher) -> Campaign:
     return campaign
 
 
+def backlog_named(dispatcher: Dispatcher, count: int, name: str) -> Campaign:
+    audience = make_audience(count, name=name, domain=f"{name.lower()}.example")
+    campaign = make_campaign(
+        dispatcher=dispatcher, lists=[audience], status=Campaign.Status.SCHEDULED
+    )
+    services.items_generate()
+    return campaign
+
+
 def claim_all(dispatcher: Dispatcher, *, now: datetime) -> list[int]:
     """Claim until the dispatcher gets nothing more at this moment, closing
     each batch so the open-batch cap does not stop the claiming."""
@@ -215,3 +224,19 @@ def test_a_warm_up_needs_its_first_day_and_growth() -> None:
     with pytest.raises(ValidationError) as error:
         dispatcher.clean()
     assert set(error.value.message_dict) == {"warmup_first_day", "warmup_growth"}
+
+
+def test_a_campaign_stops_at_the_limit_per_sending_task_and_says_so(start: datetime) -> None:
+    dispatcher = pickup_dispatcher(batch_size=30, task_message_limit=70)
+    campaign = backlog(100, dispatcher)
+    small = backlog_named(dispatcher, 50, "Small")
+
+    claimed = claim_all(dispatcher, now=start)
+
+    assert sum(claimed) == 70 + 50
+    assert campaign.items.exclude(status=CampaignItem.Status.PENDING).count() == 70
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.PAUSED
+    assert campaign.paused_reason.startswith("Stopped after 70 messages: the limit per sending")
+    small.refresh_from_db()
+    assert small.status == Campaign.Status.SENDING  # its 50 are all out: it completes as usual
