@@ -23,8 +23,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from campaigns.messages import UNSUBSCRIBE_TAG, tagged_token, verp_token
-from campaigns.models import CampaignItem, Contact, Suppression
+from campaigns.models import CampaignItem, Contact, Suppression, TrackingEvent
 from campaigns.services import contact_unsubscribe, suppression_add
+from campaigns.tracking import item_record_delivery, tracking_record_provider_event
 from jobs.locks import BOUNCE_MAILBOXES, advisory_lock
 from jobs.services import notification_raise, notification_resolve
 from smtpservers.encryption import reveal
@@ -341,6 +342,9 @@ def bounce_apply(*, bounce: Bounce) -> str:
 # recorded.
 _ESP_UNSUBSCRIBE_REASONS = ("unsubscribed",)
 _ESP_RECORDED = ("bounced", "rejected", "complained", "unsubscribed")
+# What the provider saw of a delivered message: recorded on the item (and
+# its campaign's counters), never as a bounce.
+_ESP_ENGAGEMENT = ("delivered", "opened", "clicked")
 
 
 def _esp_kind(event: AnymailTrackingEvent) -> str:
@@ -385,11 +389,31 @@ def _esp_match(event: AnymailTrackingEvent) -> Match:
     return Match(None, None, "")
 
 
+def _esp_engagement(provider: str, event: AnymailTrackingEvent) -> None:
+    item = _esp_match(event).item
+    if item is None:
+        return  # not one of Herald's messages: answered 200, nothing changes
+    if event.event_type == "delivered":
+        item_record_delivery(item=item)
+        return
+    kind = TrackingEvent.Kind.OPEN if event.event_type == "opened" else TrackingEvent.Kind.CLICK
+    tracking_record_provider_event(
+        item=item,
+        kind=kind,
+        event_id=_esp_event_id(provider, event),
+        url=event.click_url or "",
+        user_agent=event.user_agent or "",
+    )
+
+
 def esp_event_record(*, provider: str, event: AnymailTrackingEvent) -> Bounce | None:
     """Record one verified provider event and apply the rules, once: a
     replayed or retried event (same provider id) changes nothing, and
     events applied in any order leave the same state (statuses only move
     forward, see bounce_apply)."""
+    if event.event_type in _ESP_ENGAGEMENT:
+        _esp_engagement(provider, event)
+        return None
     if event.event_type not in _ESP_RECORDED:
         return None
     kind = _esp_kind(event)

@@ -552,10 +552,20 @@ class TrackingEvent(models.Model):
     # Link scanners and privacy proxies (Apple Mail) fetch what no person saw.
     machine = models.BooleanField(default=False)
     user_agent = models.CharField(max_length=255, blank=True)
+    # Set for what an email service reported (its webhook's event id), so a
+    # retried or replayed webhook records nothing twice.
+    provider_event_id = models.CharField(max_length=200, blank=True, default="")
     at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         indexes = [models.Index(fields=["item", "kind"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider_event_id"],
+                condition=~Q(provider_event_id=""),
+                name="tracking_provider_event_once",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} of {self.item_id}"

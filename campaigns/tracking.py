@@ -16,7 +16,7 @@ import re
 from datetime import datetime
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
@@ -140,6 +140,34 @@ def tracking_record_click(*, key: str, link_id: int, user_agent: str, machine: b
     return link.url
 
 
+def tracking_record_provider_event(
+    *, item: CampaignItem, kind: str, event_id: str, url: str = "", user_agent: str = ""
+) -> bool:
+    """An open or a click an email service saw and reported by webhook.
+    Recorded once per provider event id (False for a repeat); a click on a
+    link Herald did not rewrite is recorded against that address."""
+    link = None
+    if kind == TrackingEvent.Kind.CLICK and url.startswith(("http://", "https://")):
+        link, _ = TrackedLink.objects.get_or_create(campaign_id=item.campaign_id, url=url[:2000])
+    machine = bool(user_agent and _MACHINE_AGENTS.search(user_agent))
+    try:
+        with transaction.atomic():
+            _event_record(item, kind, link, user_agent, machine, provider_event_id=event_id)
+    except IntegrityError:
+        return False  # the provider's retry, or a replay
+    return True
+
+
+def item_record_delivery(*, item: CampaignItem) -> bool:
+    """The email service says the message reached the mailbox: noted on
+    the item, once, and never over a later state it already reported."""
+    return bool(
+        CampaignItem.objects.filter(pk=item.pk, provider_status__in=("", "accepted", "sent"))
+        .exclude(status__in=(CampaignItem.Status.BOUNCED, CampaignItem.Status.FAILED))
+        .update(provider_status="delivered")
+    )
+
+
 def _item_for(key: str) -> CampaignItem | None:
     token = tracking_token(key)
     if token is None:
@@ -153,11 +181,17 @@ def _event_record(
     link: TrackedLink | None,
     user_agent: str,
     machine: bool,
+    provider_event_id: str = "",
 ) -> None:
     now = timezone.now()
     with transaction.atomic():
         TrackingEvent.objects.create(
-            item=item, kind=kind, link=link, machine=machine, user_agent=user_agent[:255]
+            item=item,
+            kind=kind,
+            link=link,
+            machine=machine,
+            user_agent=user_agent[:255],
+            provider_event_id=provider_event_id[:200],
         )
         if machine:
             return

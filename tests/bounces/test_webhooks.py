@@ -357,3 +357,26 @@ def test_postmark_without_the_shared_secret_is_refused(
     assert post(POSTMARK, body, **auth("postmark:wrong")) == 400
     assert not Bounce.objects.exists()
     assert item_of("user0@example.org").contact.status == Contact.Status.ACTIVE
+
+
+def test_opens_clicks_and_deliveries_the_provider_saw_reach_the_report(
+    sent: dict[str, Received],
+) -> None:
+    from campaigns.models import Campaign, TrackedLink
+
+    browser = {"client-info": {"user-agent": "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15"}}
+    opened = mailgun("opened", sent["user0@example.org"], **browser)
+    clicked = mailgun(
+        "clicked", sent["user0@example.org"], url="https://shop.example.com/sale", **browser
+    )
+    for body in (opened, opened, clicked, clicked):  # each retried once
+        assert post(MAILGUN, body) == 200
+    scanner = {"client-info": {"user-agent": "Mimecast URL Protect"}}
+    assert post(MAILGUN, mailgun("opened", sent["user1@example.org"], **scanner)) == 200
+    assert post(MAILGUN, mailgun("delivered", sent["user2@example.org"])) == 200
+
+    campaign = Campaign.objects.get()
+    assert (campaign.unique_opens, campaign.unique_clicks) == (1, 1)  # the scanner not counted
+    assert TrackedLink.objects.get().url == "https://shop.example.com/sale"
+    assert item_of("user2@example.org").provider_status == "delivered"
+    assert not Bounce.objects.exists()  # engagement is never a bounce
