@@ -33,10 +33,12 @@ def _campaign(pk: int) -> Campaign:
     return get_object_or_404(Campaign.objects.select_related("dispatcher", "template"), pk=pk)
 
 
-def live_context(campaign: Campaign) -> dict[str, Any]:
+def live_context(campaign: Campaign, user: Any) -> dict[str, Any]:
     counts = reports.report_counts(campaign=campaign)
     return {
         "campaign": campaign,
+        # The actions follow the status as it changes (pause, then resume...).
+        "actions": action_views.actions_for(user, campaign),
         "counts": counts,
         "engagement": reports.engagement(campaign=campaign, sent=counts.sent),
         "chart": reports.sends_per_minute(campaign=campaign),
@@ -64,13 +66,12 @@ def report_context(request: HttpRequest, campaign: Campaign) -> tuple[dict[str, 
     context = {
         **admin.site.each_context(request),
         "title": campaign.name,
-        **live_context(campaign),
+        **live_context(campaign, request.user),
         "form": form,
         "page": page,
         "query": query,
         "polling": campaign.is_live or campaign.status == Campaign.Status.PAUSED,
         "opts": Campaign._meta,
-        "actions": action_views.actions_for(request.user, campaign),
     }
     if request.user.has_perm("campaigns.view_template"):
         context["preview_url"] = reverse("campaigns:campaign_preview", args=[campaign.pk])
@@ -93,7 +94,8 @@ def campaign_report(request: HttpRequest, pk: int) -> HttpResponse:
 @permission_required("campaigns.view_campaign", raise_exception=True)
 def campaign_report_live(request: HttpRequest, pk: int) -> HttpResponse:
     """The part of the report that refreshes itself (live.js swaps it in)."""
-    return render(request, "campaigns/_report_live.html", live_context(_campaign(pk)))
+    context = live_context(_campaign(pk), request.user)
+    return render(request, "campaigns/_report_live.html", context)
 
 
 @login_required

@@ -119,6 +119,9 @@ def test_a_marketer_imports_writes_previews_schedules_and_sees_it_complete(
         services.campaigns_complete(now=timezone.now())
         expect(page.locator('[data-report="status"]')).to_have_text("Completed", timeout=15_000)
         expect(page.locator('[data-report="sent"]')).to_have_text("4")
+        # The actions follow the status: nothing left to pause or cancel.
+        expect(page.locator(".herald-actions")).to_contain_text("Duplicate")
+        expect(page.locator(".herald-actions")).not_to_contain_text("Pause")
         assert page.evaluate("window.__notReloaded") is True
         keep(page, tmp_path, "4-report-completed.png")
         browser.close()
