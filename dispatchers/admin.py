@@ -18,7 +18,7 @@ from .domains import (
     sender_domain_verify,
 )
 from .models import Dispatcher, DispatcherPool, PoolMember, SenderDomain, validate_auth_token
-from .selectors import pool_members_status
+from .selectors import dispatcher_state, pool_members_status
 from .services import dispatcher_connection_test, dispatcher_pause, dispatcher_resume
 
 
@@ -283,21 +283,13 @@ class DispatcherAdmin(admin.ModelAdmin):
 
     @admin.display(description="state")
     def state(self, obj: Dispatcher) -> str:
-        if not obj.is_enabled:
-            badge, label, why = "paused", "Paused", obj.paused_reason
-        elif obj.blocked_reason:
-            badge, label, why = "failed", "Cannot send", obj.blocked_reason
-        elif obj.retry_after is not None and obj.retry_after > timezone.now():
-            until = timezone.localtime(obj.retry_after).strftime("%H:%M:%S")
-            badge, label, why = "failed", f"Out of rotation until {until}", obj.last_error
-        else:
-            badge, label, why = "ok", "Enabled", obj.last_error
+        state = dispatcher_state(dispatcher=obj)
         return format_html(
             '<span class="herald-badge herald-badge--{}">{}</span> '
             '<span class="herald-sub">{}</span>',
-            badge,
-            label,
-            why,
+            state.badge,
+            state.label,
+            state.why,
         )
 
     @admin.display(description="worker command")

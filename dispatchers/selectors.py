@@ -8,7 +8,7 @@ from datetime import datetime
 from django.db.models import Sum
 from django.utils import timezone
 
-from .models import DispatcherPool, PoolMember, RateUsage
+from .models import Dispatcher, DispatcherPool, PoolMember, RateUsage
 from .ratelimit import WINDOW, rate_budget
 
 
@@ -22,16 +22,36 @@ class MemberStatus:
     healthy: bool
 
 
-def _health(member: PoolMember, now: datetime) -> tuple[str, bool]:
-    dispatcher = member.dispatcher
+@dataclass(frozen=True)
+class DispatcherState:
+    badge: str  # ok, paused, failed
+    label: str
+    why: str
+
+    @property
+    def sending(self) -> bool:
+        return self.badge == "ok"
+
+
+def dispatcher_state(*, dispatcher: Dispatcher, now: datetime | None = None) -> DispatcherState:
+    """Whether a dispatcher can send now, and if not why: paused, blocked
+    (e.g. an inactive SMTP server), or out of its pool's rotation."""
+    now = now or timezone.now()
     if not dispatcher.is_enabled:
-        return f"Paused: {dispatcher.paused_reason}", False
+        return DispatcherState("paused", "Paused", dispatcher.paused_reason)
     if dispatcher.blocked_reason:
-        return f"Cannot send: {dispatcher.blocked_reason}", False
+        return DispatcherState("failed", "Cannot send", dispatcher.blocked_reason)
     if dispatcher.retry_after is not None and dispatcher.retry_after > now:
-        when = timezone.localtime(dispatcher.retry_after).strftime("%H:%M:%S")
-        return f"Out of rotation until {when}: {dispatcher.last_error}", False
-    return "In rotation", True
+        until = timezone.localtime(dispatcher.retry_after).strftime("%H:%M:%S")
+        return DispatcherState("failed", f"Out of rotation until {until}", dispatcher.last_error)
+    return DispatcherState("ok", "Enabled", dispatcher.last_error)
+
+
+def _health(member: PoolMember, now: datetime) -> tuple[str, bool]:
+    state = dispatcher_state(dispatcher=member.dispatcher, now=now)
+    if state.sending:
+        return "In rotation", True
+    return f"{state.label}: {state.why}", False
 
 
 def pool_members_status(*, pool: DispatcherPool, now: datetime | None = None) -> list[MemberStatus]:
