@@ -190,29 +190,31 @@ class CampaignAdmin(admin.ModelAdmin):
     )
     actions = ("schedule_now", "pause", "resume")
 
+    # What a marketer sets; read-only once the campaign has left draft.
+    editable_fields = (
+        "name",
+        "kind",
+        "autoresponder_delay",
+        "trigger",
+        "date_attribute",
+        "date_offset_days",
+        "template",
+        "track_opens",
+        "track_clicks",
+        "lists",
+        "segments",
+        "exclude_lists",
+        "exclude_segments",
+        "dispatcher",
+        "pool",
+        "scheduled_at",
+    )
+
     def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
-        fields = [
-            "name",
-            "kind",
-            "autoresponder_delay",
-            "trigger",
-            "date_attribute",
-            "date_offset_days",
-            "template",
-            "track_opens",
-            "track_clicks",
-            "lists",
-            "segments",
-            "exclude_lists",
-            "exclude_segments",
-            "dispatcher",
-            "pool",
-            "scheduled_at",
-        ]
         if obj is None:
-            return fields
+            return list(self.editable_fields)
         return [
-            *fields,
+            *self.editable_fields,
             "report_link",
             "status_badge",
             "paused_reason",
@@ -223,25 +225,7 @@ class CampaignAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         if obj is not None and obj.status != Campaign.Status.DRAFT:
-            return (
-                "name",
-                "kind",
-                "autoresponder_delay",
-                "trigger",
-                "date_attribute",
-                "date_offset_days",
-                "template",
-                "track_opens",
-                "track_clicks",
-                "lists",
-                "segments",
-                "exclude_lists",
-                "exclude_segments",
-                "dispatcher",
-                "pool",
-                "scheduled_at",
-                *self.readonly_fields,
-            )
+            return (*self.editable_fields, *self.readonly_fields)
         return self.readonly_fields
 
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]

@@ -584,22 +584,25 @@ def _render(
     if pieces is not None and simple:
         return _join(pieces, simple, autoescape)
     values = {
-        "contact": Fields(
-            {
-                "email": contact.email,
-                "first_name": contact.first_name,
-                "last_name": contact.last_name,
-                "full_name": contact.full_name,
-                "language": contact.language,
-                "attributes": contact.attributes or {},
-            }
-        ),
+        "contact": Fields(contact_values(contact)),
         "campaign": skeleton.campaign_fields,
         "unsubscribe_url": url,
         "manage_subscriptions_url": skeleton.preferences.url(contact.pk),
         "tracking_url": tracking_url(item_token) if skeleton.tracking else "",
     }
     return template.render(Context(values, autoescape=autoescape))
+
+
+def contact_values(contact: Contact) -> dict[str, object]:
+    """What templates see of a contact: plain data only (see sandbox.py)."""
+    return {
+        "email": contact.email,
+        "first_name": contact.first_name,
+        "last_name": contact.last_name,
+        "full_name": contact.full_name,
+        "language": contact.language,
+        "attributes": contact.attributes or {},
+    }
 
 
 def _list_unsubscribe_line(value: str) -> bytes:

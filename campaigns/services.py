@@ -728,6 +728,13 @@ class BatchRun:
     def send_all(self) -> None:
         raise NotImplementedError
 
+    def _flag_in_doubt(self) -> None:
+        # A message that was on its way when an earlier worker died may
+        # have been delivered: sending it again is flagged, never hidden.
+        CampaignItem.objects.filter(
+            batch=self.batch, status=S.CLAIMED, sending_started_at__isnull=False
+        ).update(possibly_duplicated=True)
+
     def _count(self, campaign_id: int, *, ok: bool) -> None:
         if ok:
             self.errors[campaign_id] = 0
@@ -798,11 +805,7 @@ class _BatchRun(BatchRun):
         )
 
     def send_all(self) -> None:
-        # A message that was on the wire when an earlier worker died may
-        # have been delivered: sending it again is flagged, never hidden.
-        CampaignItem.objects.filter(
-            batch=self.batch, status=S.CLAIMED, sending_started_at__isnull=False
-        ).update(possibly_duplicated=True)
+        self._flag_in_doubt()
         pool: SendPool[CampaignItem] = SendPool(
             lambda: transport_for(self.dispatcher),
             self.dispatcher.connections,

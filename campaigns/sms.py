@@ -30,7 +30,7 @@ from dispatchers.transports.twilio import TwilioTransport
 from jobs.services import notification_raise
 from smtpservers.encryption import reveal
 
-from .messages import unsubscribe_url
+from .messages import contact_values, unsubscribe_url
 from .models import Batch, Campaign, CampaignItem, Contact, Suppression, Template
 from .sandbox import TEXT_ENGINE, Fields
 from .services import (
@@ -153,17 +153,7 @@ def sms_render(
         raise SmsBuildError("The template has no SMS body.")
     # Plain data only, as for email (see sandbox.py); SMS is plain text.
     values = {
-        "contact": Fields(
-            {
-                "email": contact.email,
-                "phone": contact.phone,
-                "first_name": contact.first_name,
-                "last_name": contact.last_name,
-                "full_name": contact.full_name,
-                "language": contact.language,
-                "attributes": contact.attributes or {},
-            }
-        ),
+        "contact": Fields({**contact_values(contact), "phone": contact.phone}),
         "campaign": Fields({"name": campaign.name}),
         "unsubscribe_url": unsubscribe_url(token=token),
     }
@@ -241,11 +231,7 @@ class SmsBatchRun(BatchRun):
         )
 
     def send_all(self) -> None:
-        # A message that was on its way when an earlier worker died may
-        # have been sent: sending it again is flagged, never hidden.
-        CampaignItem.objects.filter(
-            batch=self.batch, status=S.CLAIMED, sending_started_at__isnull=False
-        ).update(possibly_duplicated=True)
+        self._flag_in_doubt()
         transport = twilio_transport_for(self.dispatcher)
         try:
             transport.open()
