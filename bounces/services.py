@@ -372,7 +372,7 @@ def _esp_soft(reject_reason: str | None, raw: dict) -> bool:
     return (
         reject_reason == "timed_out"
         or raw.get("Type") == "SoftBounce"  # Postmark
-        or raw.get("event") == "soft_bounce"  # Brevo
+        or raw.get("event") == "soft_bounce"  # Brevo, Mandrill
         or raw.get("type") == "blocked"  # SendGrid
         or raw.get("hard_bounce") is False  # Mailjet
         or _dict(raw.get("bounce")).get("bounceType") == "Transient"  # Amazon SES
@@ -408,7 +408,7 @@ def _esp_match(event: AnymailTrackingEvent) -> Match:
     """The item an event is about: Herald's Message-ID (<token@...>), then
     the provider's message id recorded at send, then the address."""
     items = CampaignItem.objects.select_related("contact")
-    message_id = (event.message_id or "").strip()
+    message_id = str(event.message_id or "").strip()  # Postal and Mailjet: numbers
     local = message_id.strip("<>").partition("@")[0].lower()
     if _TOKEN.match(local) and (item := items.filter(token=local).first()):
         return Match(item, item.contact, "message-id")

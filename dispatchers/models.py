@@ -516,6 +516,9 @@ class Dispatcher(models.Model):
             raise ValidationError(
                 {"esp_api_url": f"{provider.label} needs the URL of its API. {provider.url_hint}"}
             )
+        problem = providers.webhook_key_problem(self.esp_provider, reveal(self.esp_webhook_key))
+        if problem:
+            raise ValidationError({"esp_webhook_key": problem})
 
 
 class DispatcherPool(models.Model):

@@ -13,7 +13,11 @@ which events to switch on at the provider.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
 
 
 @dataclass(frozen=True)
@@ -143,3 +147,26 @@ PROVIDERS: dict[str, Provider] = {
 }
 
 CHOICES = [(code, provider.label) for code, provider in PROVIDERS.items()]
+
+
+def webhook_key_problem(code: str, key: str) -> str:
+    """Why a webhook signing key cannot be what the provider signs with ("":
+    it can), so a mistyped key is caught on the dispatcher page rather than
+    by refused webhooks."""
+    key = key.strip()
+    if not key:
+        return ""
+    if not key.isascii() or any(c.isspace() for c in key):
+        return "A signing key has no spaces, line breaks or accented characters."
+    if code in ("sendgrid", "postal"):
+        pem = f"-----BEGIN PUBLIC KEY-----\n{key}\n-----END PUBLIC KEY-----"
+        try:
+            serialization.load_pem_public_key(pem.encode())
+        except ValueError:
+            return "Not a public key: paste its base64 text only, without BEGIN/END lines."
+    if code == "resend":
+        try:
+            base64.b64decode(key.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            return "Not a Resend signing secret: it reads whsec_ and base64 text."
+    return ""
