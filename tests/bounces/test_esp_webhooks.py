@@ -945,3 +945,15 @@ def test_opens_and_clicks_reported_by_the_provider_reach_the_report(
 
     campaign = Campaign.objects.get()
     assert (campaign.unique_opens, campaign.unique_clicks) == (1, 1)
+
+
+@pytest.mark.parametrize("hook", [s for s in SPECS if s.code == "mandrill"], indirect=True)
+def test_a_refused_mandrill_request_never_logs_the_secret_in_its_signed_url(
+    hook: Hook, caplog: pytest.LogCaptureFixture
+) -> None:
+    signed = hook.request("bounce", "user0@example.org")
+    signed.headers["HTTP_X_MANDRILL_SIGNATURE"] = "Zm9yZ2Vk"
+
+    assert hook.post(signed) == 400
+    assert "incorrect signature" in caplog.text
+    assert SECRET.partition(":")[2] not in caplog.text
