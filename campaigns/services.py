@@ -27,7 +27,7 @@ from dispatchers.transports.base import WireMessage
 from jobs.locks import BATCHES, advisory_lock
 from jobs.services import job_runs_prune, notification_raise, notification_resolve
 
-from .audience import audience_page_sql, campaign_has_rules
+from .audience import audience_page_sql, autoresponder_page_sql, campaign_has_rules
 from .messages import (
     MessageBuildError,
     MessageSkeleton,
@@ -117,6 +117,7 @@ def campaign_duplicate(*, campaign: Campaign, user: AbstractBaseUser) -> Campaig
             trigger=campaign.trigger,
             date_attribute=campaign.date_attribute,
             date_offset_days=campaign.date_offset_days,
+            only_segment=campaign.only_segment,
             template=campaign.template,
             dispatcher=campaign.dispatcher,
             created_by=user,
@@ -131,9 +132,11 @@ def campaign_duplicate(*, campaign: Campaign, user: AbstractBaseUser) -> Campaig
 # --- generate items ----------------------------------------------------------
 
 # The audience page differs between a campaign (everyone on its lists, by
-# contact id) and an autoresponder (new subscribers whose delay is over);
-# what happens to the page is shared: each contact gets an item, pending
-# or skipped with its reason, and a rerun inserts nothing twice.
+# contact id) and an autoresponder (contacts whose trigger is due,
+# campaigns/audience.py); what happens to the page is shared: each contact
+# gets an item, pending or skipped with its reason, and a rerun inserts
+# nothing twice. A subscription with unsubscribed_at is the record of
+# someone who left the list.
 _CAMPAIGN_PAGE = """
     SELECT c.id, c.email, c.status
     FROM {contact} c
@@ -141,39 +144,8 @@ _CAMPAIGN_PAGE = """
       AND EXISTS (
         SELECT 1 FROM {subscription} s
         JOIN {campaign_lists} cl ON cl.contactlist_id = s.contact_list_id
-        WHERE s.contact_id = c.id AND cl.campaign_id = %(campaign)s)
-    ORDER BY c.id
-    LIMIT %(size)s
-"""
-
-_AUTORESPONDER_PAGE = """
-    SELECT DISTINCT c.id, c.email, c.status
-    FROM {contact} c
-    JOIN {subscription} s ON s.contact_id = c.id
-    JOIN {campaign_lists} cl ON cl.contactlist_id = s.contact_list_id
-    WHERE cl.campaign_id = %(campaign)s
-      AND s.created_at >= %(since)s AND s.created_at <= %(due)s
-      AND NOT EXISTS (
-        SELECT 1 FROM {item} i WHERE i.campaign_id = %(campaign)s AND i.contact_id = c.id)
-    ORDER BY c.id
-    LIMIT %(size)s
-"""
-
-# A date trigger fires once per contact, on the day the attribute's date
-# plus the offset comes round, and only for days since the autoresponder
-# started: switching it on must not mail everyone whose date is past.
-# (Character classes, not \d{4}: this text goes through str.format.)
-_DATE_ATTRIBUTE_PAGE = """
-    SELECT DISTINCT c.id, c.email, c.status
-    FROM {contact} c
-    JOIN {subscription} s ON s.contact_id = c.id
-    JOIN {campaign_lists} cl ON cl.contactlist_id = s.contact_list_id
-    WHERE cl.campaign_id = %(campaign)s
-      AND (c.attributes ->> %(attribute)s) ~ '^[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]$'
-      AND herald_try_date(c.attributes ->> %(attribute)s) + %(offset)s::integer
-          BETWEEN %(since)s AND %(today)s
-      AND NOT EXISTS (
-        SELECT 1 FROM {item} i WHERE i.campaign_id = %(campaign)s AND i.contact_id = c.id)
+        WHERE s.contact_id = c.id AND cl.campaign_id = %(campaign)s
+          AND s.unsubscribed_at IS NULL)
     ORDER BY c.id
     LIMIT %(size)s
 """
@@ -220,19 +192,25 @@ def _items_insert(page: str, params: dict[str, object]) -> tuple[int, int | None
         return cur.fetchone()
 
 
-def _items_insert_audience(campaign: Campaign, page_size: int) -> tuple[int, int | None, int]:
-    """A page of an audience with segments or exclusions (campaigns/audience.py
-    builds it, with positional parameters, so the rest of the statement
-    takes the campaign id positionally too)."""
-    page, params = audience_page_sql(
-        campaign=campaign, after=campaign.generated_through, size=page_size
-    )
+def _items_insert_query(
+    campaign: Campaign, page: str, params: list[object]
+) -> tuple[int, int | None, int]:
+    """A page built by campaigns/audience.py (with positional parameters, so
+    the rest of the statement takes the campaign id positionally too)."""
     # Name the columns whatever aliases the ORM chose for them.
     page = f"SELECT * FROM ({page}) AS a (id, email, status)"
     sql = _items_sql("__PAGE__").replace("%(campaign)s", "%s").replace("__PAGE__", page)
     with connection.cursor() as cur:
         cur.execute(sql, [*params, campaign.pk])
         return cur.fetchone()
+
+
+def _items_insert_audience(campaign: Campaign, page_size: int) -> tuple[int, int | None, int]:
+    """A page of an audience with segments or exclusions."""
+    page, params = audience_page_sql(
+        campaign=campaign, after=campaign.generated_through, size=page_size
+    )
+    return _items_insert_query(campaign, page, params)
 
 
 def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]:
@@ -297,7 +275,8 @@ def autoresponders_process(*, now: datetime | None = None, page_size: int | None
     """Create the items of autoresponders whose trigger is due: contacts who
     subscribed to one of the lists after the autoresponder started, once
     its delay has passed, or whose date attribute (plus the offset) has come
-    round since it started. Set-based, page by page, safe to run twice."""
+    round since it started; limited to its only-segment when it has one.
+    Set-based, page by page, safe to run twice."""
     now = now or timezone.now()
     page_size = page_size or settings.HERALD_ITEMS_PAGE_SIZE
     total = 0
@@ -305,28 +284,13 @@ def autoresponders_process(*, now: datetime | None = None, page_size: int | None
         kind=Campaign.Kind.AUTORESPONDER, status=Campaign.Status.SENDING
     )
     for campaign in autoresponders:
-        page, params = _autoresponder_page(campaign, now)
-        params.update(campaign=campaign.pk, size=page_size)
         while True:
-            paged, _, inserted = _items_insert(page, params)
+            page, params = autoresponder_page_sql(campaign=campaign, now=now, size=page_size)
+            paged, _, inserted = _items_insert_query(campaign, page, params)
             total += inserted
             if paged < page_size or not inserted:
                 break
     return total
-
-
-def _autoresponder_page(campaign: Campaign, now: datetime) -> tuple[str, dict[str, object]]:
-    if campaign.trigger == Campaign.Trigger.DATE_ATTRIBUTE:
-        return _DATE_ATTRIBUTE_PAGE, {
-            "attribute": campaign.date_attribute,
-            "offset": campaign.date_offset_days,
-            "since": campaign.started_at.date(),
-            "today": now.date(),
-        }
-    return _AUTORESPONDER_PAGE, {
-        "since": campaign.started_at,
-        "due": now - campaign.autoresponder_delay,
-    }
 
 
 # --- claim batches -----------------------------------------------------------
@@ -636,7 +600,9 @@ def _batch_left_lists(batch: Batch) -> set[int]:
     lists = Campaign.lists.through.objects.filter(campaign_id=OuterRef("campaign_id"))
     segments = Campaign.segments.through.objects.filter(campaign_id=OuterRef("campaign_id"))
     on_a_list = Subscription.objects.filter(
-        contact_id=OuterRef("contact_id"), contact_list__campaigns=OuterRef("campaign_id")
+        contact_id=OuterRef("contact_id"),
+        contact_list__campaigns=OuterRef("campaign_id"),
+        unsubscribed_at__isnull=True,
     )
     return set(
         CampaignItem.objects.filter(batch=batch, status=S.CLAIMED)
