@@ -18,11 +18,11 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from dispatchers.models import Dispatcher
-from dispatchers.pool import Completion, SendPool
+from dispatchers.pool import Completion, SendPool, send_pool_for
 from dispatchers.ratelimit import rate_budget, rate_refund, rate_spend, rate_usage_prune
 from dispatchers.services import dispatcher_pause, pool_member_fail, pool_member_record_failover
 from dispatchers.signing import signer_for
-from dispatchers.transports import ConnectionLost, Outcome, SendResult, transport_for
+from dispatchers.transports import ConnectionLost, Outcome, SendResult
 from dispatchers.transports.base import WireMessage
 from jobs.locks import BATCHES, advisory_lock
 from jobs.services import job_runs_prune, notification_raise, notification_resolve
@@ -806,9 +806,8 @@ class _BatchRun(BatchRun):
 
     def send_all(self) -> None:
         self._flag_in_doubt()
-        pool: SendPool[CampaignItem] = SendPool(
-            lambda: transport_for(self.dispatcher),
-            self.dispatcher.connections,
+        pool: SendPool[CampaignItem] = send_pool_for(
+            self.dispatcher,
             signer=signer_for(dispatcher=self.dispatcher),  # the DKIM key, once per batch
         )
         try:
