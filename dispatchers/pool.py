@@ -6,6 +6,8 @@ thread (where the database work happens) and gets results back in the
 order they complete. No more than ``size`` messages are ever in flight:
 what a crash can leave on the wire is one message per connection (the
 caller's own bookkeeping may add to what it must treat as in doubt).
+An SMTP relay gets an SmtpSendPool instead (``send_pool_for``): the same
+contract, its sessions driven by one event loop in one thread.
 """
 
 from __future__ import annotations
