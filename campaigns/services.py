@@ -18,11 +18,11 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from dispatchers.models import Dispatcher
-from dispatchers.pool import Completion, SendPool
+from dispatchers.pool import Completion, SendPool, send_pool_for
 from dispatchers.ratelimit import rate_budget, rate_refund, rate_spend, rate_usage_prune
 from dispatchers.services import dispatcher_pause, pool_member_fail, pool_member_record_failover
 from dispatchers.signing import signer_for
-from dispatchers.transports import ConnectionLost, Outcome, SendResult, transport_for
+from dispatchers.transports import ConnectionLost, Outcome, SendResult
 from dispatchers.transports.base import WireMessage
 from jobs.locks import BATCHES, advisory_lock
 from jobs.services import job_runs_prune, notification_raise, notification_resolve
@@ -515,19 +515,25 @@ def _verdict(item: CampaignItem, result: SendResult, now: datetime) -> str:
     return S.FAILED
 
 
-def items_record_results(*, results: list[tuple[CampaignItem, SendResult, datetime]]) -> list[str]:
+def items_record_results(
+    *,
+    results: list[tuple[CampaignItem, SendResult, datetime]],
+    mark_sending: list[int] | None = None,
+) -> list[str]:
     """Write many items' verdicts (each with the time it came back) in one
     UPDATE; returns the status each ended in. Only items still claimed by
-    their batch are written, so a batch released meanwhile is left alone."""
-    if not results:
+    their batch are written, so a batch released meanwhile is left alone.
+    ``mark_sending``: items about to go on the wire, marked so in the same
+    statement (one round trip instead of two)."""
+    if not results and not mark_sending:
         return []
-    rows: list[object] = []
+    columns: list[list[object]] = [[], [], [], [], [], [], [], []]
     statuses = []
     for item, result, now in results:
         status = _verdict(item, result, now)
         statuses.append(status)
         retry_at = now + _retry_delay(item.attempts + 1) if status == S.DEFERRED else None
-        rows += [
+        row = (
             item.pk,
             item.batch_id,
             status,
@@ -536,41 +542,50 @@ def items_record_results(*, results: list[tuple[CampaignItem, SendResult, dateti
             result.queue_id[:100],
             now,
             retry_at,
-        ]
-    values = ", ".join(
-        ["(%s::bigint, %s::bigint, %s, %s::integer, %s, %s, %s::timestamptz, %s::timestamptz)"]
-        * len(results)
-    )
-    table = CampaignItem._meta.db_table
-    # Sent: sent_at and queue id. Deferred: out of the batch, retried later.
-    # Deferred or failed: the first attempt's time kept for the give-up rule.
-    sql = f"""
-        UPDATE {table} AS i SET
-            status = v.status,
-            attempts = i.attempts + 1,
-            sending_started_at = NULL,
-            smtp_code = v.code,
-            smtp_response = v.response,
-            sent_at = CASE WHEN v.status = '{S.SENT.value}' THEN v.at ELSE i.sent_at END,
-            queue_id = CASE WHEN v.status = '{S.SENT.value}' THEN v.queue_id ELSE i.queue_id END,
-            batch_id = CASE WHEN v.status = '{S.DEFERRED.value}' THEN NULL ELSE i.batch_id END,
-            next_attempt_at = CASE
-                WHEN v.status = '{S.DEFERRED.value}' THEN v.retry_at ELSE i.next_attempt_at END,
-            first_attempt_at = CASE
-                WHEN v.status = '{S.SENT.value}' THEN i.first_attempt_at
-                ELSE COALESCE(i.first_attempt_at, v.at) END
-        FROM (VALUES {values})
-            AS v(id, batch_id, status, code, response, queue_id, at, retry_at)
-        WHERE i.id = v.id AND i.batch_id = v.batch_id AND i.status = '{S.CLAIMED.value}'
-    """
+        )
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
     with connection.cursor() as cur:
-        cur.execute(sql, rows)
+        # Arrays, not a VALUES list: the statement's text is the same for
+        # any number of items, so it is parsed and converted once.
+        cur.execute(_RECORD_SQL, [timezone.now(), mark_sending or [], *columns])
     for (item, result, _), status in zip(results, statuses, strict=True):
         if status == S.FAILED and result.enhanced.startswith("5.1."):
             suppression_add(
                 pattern=item.contact.email, source=Suppression.Source.BOUNCE, reason=result.text
             )
     return statuses
+
+
+# Sent: sent_at and queue id. Deferred: out of the batch, retried later.
+# Deferred or failed: the first attempt's time kept for the give-up rule.
+# The marking runs in the same statement (a data-modifying WITH runs
+# whether or not it is read); its rows are never among the results'.
+_RECORD_SQL = f"""
+    WITH marked AS (
+        UPDATE {CampaignItem._meta.db_table} SET sending_started_at = %s::timestamptz
+        WHERE id = ANY(%s::bigint[])
+    )
+    UPDATE {CampaignItem._meta.db_table} AS i SET
+        status = v.status,
+        attempts = i.attempts + 1,
+        sending_started_at = NULL,
+        smtp_code = v.code,
+        smtp_response = v.response,
+        sent_at = CASE WHEN v.status = '{S.SENT.value}' THEN v.at ELSE i.sent_at END,
+        queue_id = CASE WHEN v.status = '{S.SENT.value}' THEN v.queue_id ELSE i.queue_id END,
+        batch_id = CASE WHEN v.status = '{S.DEFERRED.value}' THEN NULL ELSE i.batch_id END,
+        next_attempt_at = CASE
+            WHEN v.status = '{S.DEFERRED.value}' THEN v.retry_at ELSE i.next_attempt_at END,
+        first_attempt_at = CASE
+            WHEN v.status = '{S.SENT.value}' THEN i.first_attempt_at
+            ELSE COALESCE(i.first_attempt_at, v.at) END
+    FROM unnest(
+        %s::bigint[], %s::bigint[], %s::text[], %s::integer[], %s::text[], %s::text[],
+        %s::timestamptz[], %s::timestamptz[]
+    ) AS v(id, batch_id, status, code, response, queue_id, at, retry_at)
+    WHERE i.id = v.id AND i.batch_id = v.batch_id AND i.status = '{S.CLAIMED.value}'
+"""
 
 
 def suppression_add(*, pattern: str, source: str, reason: str = "") -> None:
@@ -772,9 +787,8 @@ class _BatchRun(BatchRun):
 
     def send_all(self) -> None:
         self._flag_in_doubt()
-        pool: SendPool[CampaignItem] = SendPool(
-            lambda: transport_for(self.dispatcher),
-            self.dispatcher.connections,
+        pool: SendPool[CampaignItem] = send_pool_for(
+            self.dispatcher,
             signer=signer_for(dispatcher=self.dispatcher),  # the DKIM key, once per batch
         )
         try:
@@ -826,10 +840,11 @@ class _BatchRun(BatchRun):
         self, pool: SendPool[CampaignItem], chunk: list[tuple[CampaignItem, WireMessage]]
     ) -> None:
         self._write_skips()
-        self._write_results()  # so marked-but-unrecorded stays within in_doubt_bound
         ids = [item.pk for item, _ in chunk]
-        # Committed before the first of them leaves (autocommit).
-        CampaignItem.objects.filter(pk__in=ids).update(sending_started_at=timezone.now())
+        # The results so far (so marked-but-unrecorded stays within
+        # in_doubt_bound) and the chunk marked as going on the wire, in one
+        # statement, committed before the first of them leaves (autocommit).
+        self._write_results(mark_sending=ids)
         for index, (item, message) in enumerate(chunk):
             if self.lost is not None:
                 # The connection is gone: these never left.
@@ -876,9 +891,9 @@ class _BatchRun(BatchRun):
         ):
             self._write_results()
 
-    def _write_results(self) -> None:
+    def _write_results(self, mark_sending: list[int] | None = None) -> None:
         results, self.results = self.results, []
-        statuses = items_record_results(results=results)
+        statuses = items_record_results(results=results, mark_sending=mark_sending)
         self.settled += len(results)
         for (item, _, _), status in zip(results, statuses, strict=True):
             self._count(item.campaign_id, ok=status == S.SENT)
