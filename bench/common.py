@@ -429,6 +429,26 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return (max(sizes, default=0.0), sum(sizes))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its living children (a
+    prefork worker's pool processes live as long as it does)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in family:
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def queue_purge(name: str) -> None:
     """Drop the tasks a benchmark enqueued but never ran (claims without a
     worker), so the next run's worker does not find them."""

@@ -128,7 +128,15 @@ def naive_rate(*, port: int, count: int) -> float:
 def main() -> None:
     from django.db.models import Count, Max
 
-    from bench.common import Celery, Results, Sink, rss_mb, smtp_source_rate, template_create
+    from bench.common import (
+        Celery,
+        Results,
+        Sink,
+        cpu_seconds,
+        rss_mb,
+        smtp_source_rate,
+        template_create,
+    )
     from campaigns.models import Batch, Campaign, CampaignItem
     from campaigns.services import campaign_schedule
     from dispatchers.models import Dispatcher
@@ -172,15 +180,17 @@ def main() -> None:
         )
         campaign.lists.set([contact_list])
         celery = Celery(queues=[dispatcher.queue], concurrency=CONCURRENCY)
-        peak_process = peak_tree = 0.0
+        peak_process = peak_tree = cpu = 0.0
         try:
             celery.wait_ready()
+            cpu_started = cpu_seconds(celery.worker.pid)
             scheduled = time.perf_counter()
             campaign_schedule(campaign=campaign)
             deadline = scheduled + MAX_SECONDS
             finished = False
             while time.perf_counter() < deadline:
                 one, tree = rss_mb(celery.worker.pid)
+                cpu = cpu_seconds(celery.worker.pid) - cpu_started
                 peak_process, peak_tree = max(peak_process, one), max(peak_tree, tree)
                 campaign.refresh_from_db()
                 live = CampaignItem.objects.filter(
@@ -216,13 +226,15 @@ def main() -> None:
         rate = sent / (last - first).total_seconds()
         results.put("herald_rate", rate)
         results.put("worker_peak_rss_mb", peak_process)
+        results.put("worker_cpu_us_per_message", cpu / max(sent, 1) * 1e6)
         sizes = [b.size for b in batches]
         results.note(
             f"Herald: {sent:,} sent in {(last - first).total_seconds():.1f}s from first claim to "
             f"last batch closed ({rate:,.0f} msg/s); {wall:.1f}s from scheduling; "
             f"{len(sizes)} batches (median {statistics.median(sizes):.0f} items); "
             f"statuses {counts}; worker RSS peak {peak_process:.0f} MB per process, "
-            f"{peak_tree:.0f} MB all processes"
+            f"{peak_tree:.0f} MB all processes; worker CPU {cpu:.1f}s "
+            f"({cpu / max(sent, 1) * 1e6:.0f} us a message, every process of the worker)"
         )
     finally:
         sink.stop()

@@ -3,11 +3,12 @@
 A SendPool keeps up to ``size`` transports open, one per thread, and
 sends each message on whichever is free. The caller stays in its own
 thread (where the database work happens) and gets results back in the
-order they complete. No more than ``size`` messages are ever in flight:
-what a crash can leave on the wire is one message per connection (the
-caller's own bookkeeping may add to what it must treat as in doubt).
-An SMTP relay gets an SmtpSendPool instead (``send_pool_for``): the same
-contract, its sessions driven by one event loop in one thread.
+order they complete. No more than ``DEPTH x size`` messages are ever in
+flight, and what a crash can leave on the wire, possibly delivered, is
+one message per connection (the caller's own bookkeeping may add to what
+it must treat as in doubt). An SMTP relay gets an SmtpSendPool instead
+(``send_pool_for``): its sessions driven by one event loop in one thread,
+two messages in flight a session when the server offers PIPELINING.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from smtpservers.client import SessionError
 
 from .transports import ConnectionLost, SendResult, Transport
 from .transports.base import Message, message_bytes, transport_for
-from .transports.smtp import SmtpSession, session_recorded
+from .transports.smtp import Job, SmtpSession, session_recorded
 
 if TYPE_CHECKING:
     from smtpservers.models import SmtpServer
@@ -43,6 +44,8 @@ class Completion(Generic[K]):
 
 
 class SendPool(Generic[K]):
+    DEPTH = 1  # messages in flight a transport
+
     def __init__(
         self, factory: Callable[[], Transport], size: int, *, signer: Signer | None = None
     ) -> None:
@@ -88,7 +91,7 @@ class SendPool(Generic[K]):
 
     @property
     def full(self) -> bool:
-        return self._in_flight >= self.size
+        return self._in_flight >= self.DEPTH * self.size
 
     def submit(self, key: K, message: Message, *, sender: str, recipient: str) -> None:
         self._executor.submit(self._send_one, key, message, sender, recipient)
@@ -135,9 +138,16 @@ class SmtpSendPool(SendPool[K]):
     Measured on loopback: a thread per session costs ~350 us of CPU a
     message (thread hand-offs, a run_until_complete per message, the GIL
     passed around five threads); one loop for all of them a fraction of
-    that. Same contract: results in the order they complete, no more than
-    ``size`` messages in flight, a lost session reported for the message it
-    carried and opened again for the next."""
+    that. Same contract: results in the order they complete, a lost
+    session reported for every message it carried and opened again for
+    the next. A session streams (``SmtpSession.stream``): the next
+    message's envelope goes out with the final dot of the one before, so
+    it holds up to ``DEPTH`` messages, one of them past its final dot."""
+
+    # Two a session: one whose data and final dot are on the wire, and the
+    # next, whose envelope travels with that dot (PIPELINING). Still one a
+    # session that a lost connection can leave possibly delivered.
+    DEPTH = 2
 
     def __init__(self, server: SmtpServer, size: int, *, signer: Signer | None = None) -> None:
         self.size = max(size, 1)
@@ -172,24 +182,44 @@ class SmtpSendPool(SendPool[K]):
     async def _work(self) -> None:
         assert self._waiting is not None
         session: SmtpSession | None = None
-        while (job := await self._waiting.get()) is not None:
+        job = await self._waiting.get()
+        while job is not None:
             key, data, sender, recipient = job
+            leftover = None
             try:
                 if session is None:
                     session = await self._open()
-                result = await session.send(data, sender=sender, recipient=recipient)
+                if session.streams(sender, recipient):
+                    leftover = await session.stream(job, take=self._ready, report=self._report)
+                else:
+                    self._report(key, await session.send(data, sender=sender, recipient=recipient))
             except ConnectionLost as exc:
+                self._report(key, None, exc)
                 if session is not None:
-                    await session.close()
-                session = None
-                self._done.put((key, None, exc))
-                continue
+                    session.lost = True
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-                self._done.put((key, None, exc))
-                continue
-            self._done.put((key, result, None))
+                self._report(key, None, exc)
+            if session is not None and session.lost:
+                await session.close()
+                session = None
+            job = leftover if leftover is not None else await self._waiting.get()
         if session is not None:
             await session.close()
+
+    def _ready(self) -> Job | None:
+        """The next job if one is waiting already (never the end-of-work mark)."""
+        assert self._waiting is not None
+        if self._waiting.empty():
+            return None
+        job = self._waiting.get_nowait()
+        if job is None:  # closing: the mark goes back for this worker's own loop
+            self._waiting.put_nowait(None)
+        return job
+
+    def _report(
+        self, key: K, result: SendResult | None, error: BaseException | None = None
+    ) -> None:
+        self._done.put((key, result, error))
 
     async def _open(self) -> SmtpSession:
         session = SmtpSession(server=self._server)

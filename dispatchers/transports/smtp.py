@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 
@@ -30,6 +31,13 @@ if TYPE_CHECKING:
 _SAFE_ADDRESS = re.compile(rb"[\x21-\x3b\x3d\x3f-\x7e]+")  # printable ASCII but < and >
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
+
+# A message for ``SmtpSession.stream``: (key, data, sender, recipient); the
+# key is the caller's, handed back with the message's result.
+Job = tuple[Any, bytes, str, str]
+# (key, result, None) for a reply, (key, None, ConnectionLost) for a loss,
+# (key, None, the exception) for anything unforeseen.
+Report = Callable[[Any, "SendResult | None", "BaseException | None"], None]
 
 _QUEUE_ID = re.compile(r"queued as ([A-Za-z0-9.\-_]+)", re.I)
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
@@ -54,6 +62,7 @@ class SmtpSession:
         self.server = server
         self.client: aiosmtplib.SMTP | None = None
         self.banner = ""
+        self.lost = False  # the session died in ``stream``: close it, open another
 
     async def open(self) -> None:
         """Raises SessionError (recorded by ``session_recorded``) or
@@ -72,13 +81,28 @@ class SmtpSession:
 
     async def send(self, data: bytes, *, sender: str, recipient: str) -> SendResult:
         assert self.client is not None, "open() first"
-        if (
-            self._pipelining
-            and _SAFE_ADDRESS.fullmatch(sender.encode())
-            and (_SAFE_ADDRESS.fullmatch(recipient.encode()))
-        ):
-            return await self._send_pipelined(sender, recipient, data)
+        if self.streams(sender, recipient):
+            outcome: list[tuple[SendResult | None, BaseException | None]] = []
+            await self.stream(
+                (None, data, sender, recipient),
+                take=lambda: None,
+                report=lambda _, result, lost: outcome.append((result, lost)),
+            )
+            result, lost = outcome[0]
+            if lost is not None:
+                raise lost
+            assert result is not None
+            return result
         return await sendmail(self.client, sender, recipient, data)
+
+    def streams(self, sender: str, recipient: str) -> bool:
+        """Whether ``stream`` can carry this message: the server offers
+        PIPELINING and both addresses go on the wire as they are."""
+        return (
+            self._pipelining
+            and _SAFE_ADDRESS.fullmatch(sender.encode()) is not None
+            and _SAFE_ADDRESS.fullmatch(recipient.encode()) is not None
+        )
 
     @property
     def _pipelining(self) -> bool:
@@ -88,43 +112,96 @@ class SmtpSession:
         client = self.client
         return client is not None and client.supports_extension("pipelining")
 
-    async def _send_pipelined(self, sender: str, recipient: str, data: bytes) -> SendResult:
+    async def stream(
+        self, job: Job, *, take: Callable[[], Job | None], report: Report
+    ) -> Job | None:
+        """Send ``job``, then every job ``take`` has ready at once, each
+        next envelope (MAIL, RCPT, DATA) in the same write as the message
+        before it and its final dot (RFC 2920: the dot is the last command
+        of a group, so both travel together): one write and one round trip
+        a message instead of two. Each job's result goes to ``report`` as
+        its reply is read. Call only when ``streams`` says so.
+
+        A lost session reports ConnectionLost for every job not settled:
+        maybe delivered for the one whose final dot went out unanswered,
+        not delivered for one whose envelope only went out; ``lost`` is set
+        then and the session is of no further use. Returns a job ``take``
+        gave that cannot be streamed (for ``send``), or None."""
         assert self.client is not None and self.client.transport is not None
         transport = self.client.transport
         own = transport.get_protocol()
-        replies = _Replies()
+        replies = _Replies(self.server.timeout)
         transport.set_protocol(replies)  # aiosmtplib's own gets it back after
-        timeout = self.server.timeout
+        current, following = job, None  # following: an envelope sent behind current's dot
+        leftover: Job | None = None  # taken, cannot be streamed: handed back
+        data_sent = False
         try:
-            transport.write(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode())
-            envelope = [await replies.next(timeout) for _ in range(3)]
-            refusal = next(((c, t) for c, t in envelope[:2] if not 200 <= c < 300), None)
-            if refusal is None and envelope[2][0] != 354:
-                refusal = envelope[2]
-            if refusal is not None:
-                if refusal[0] == 421:
-                    raise ConnectionLost(f"{refusal[0]} {refusal[1]}")
-                if envelope[2][0] == 354:  # a server that took DATA anyway: end it empty
-                    transport.write(b".\r\n")
-                    await replies.next(timeout)
-                transport.write(b"RSET\r\n")
-                await replies.next(timeout)
-                return result_from_reply(*refusal)
-            body = _LEADING_DOT.sub(b"..", _LINE_ENDS.sub(b"\r\n", data))
-            transport.write(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
-            try:
-                code, text = await replies.next(timeout)
-            except (TimeoutError, OSError) as exc:
-                raise ConnectionLost(_describe(exc), maybe_delivered=True) from exc
-            if code == 421:
-                raise ConnectionLost(f"{code} {text}")
-            return result_from_reply(code, text)
-        except (TimeoutError, OSError) as exc:
-            raise ConnectionLost(_describe(exc)) from exc
+            if transport.is_closing():
+                raise ConnectionLost("The SMTP server closed the connection")
+            transport.write(_envelope(current))
+            while True:
+                refusal = await self._envelope_replies(replies, transport)
+                if refusal is not None:
+                    report(current[0], refusal, None)
+                    following = take()
+                    if following is None or not self.streams(*following[2:]):
+                        return following
+                    current, following = following, None
+                    transport.write(_envelope(current))
+                    continue
+                following = take()
+                if following is not None and not self.streams(*following[2:]):
+                    leftover, following = following, None
+                transport.write(_dotted(current[1]) + (_envelope(following) if following else b""))
+                data_sent = True
+                code, text = await replies.next()
+                if code == 421:  # not taken: the server is closing the session
+                    data_sent = False
+                    raise ConnectionLost(f"{code} {text}")
+                report(current[0], result_from_reply(code, text), None)
+                if following is None:
+                    return leftover
+                current, following, data_sent = following, None, False
+        except Exception as exc:  # noqa: BLE001 - every job taken gets an answer, or its caller waits
+            self.lost = True
+            if isinstance(exc, TimeoutError | OSError):
+                exc = ConnectionLost(_describe(exc))
+            for key, maybe_delivered in (
+                (current[0], data_sent),
+                *((j[0], False) for j in (following, leftover) if j is not None),
+            ):
+                report(
+                    key,
+                    None,
+                    _lost(exc, maybe_delivered) if isinstance(exc, ConnectionLost) else exc,
+                )
+            return None
         finally:
             transport.set_protocol(own)
             if replies.closed is not None:
                 own.connection_lost(replies.closed)
+
+    @staticmethod
+    async def _envelope_replies(
+        replies: _Replies, transport: asyncio.Transport
+    ) -> SendResult | None:
+        """Read the replies to MAIL, RCPT and DATA: None when the server
+        waits for the message (354), else the refusal, the transaction
+        reset. A 421 raises ConnectionLost: nothing was delivered."""
+        envelope = [await replies.next() for _ in range(3)]
+        refusal = next(((c, t) for c, t in envelope[:2] if not 200 <= c < 300), None)
+        if refusal is None and envelope[2][0] != 354:
+            refusal = envelope[2]
+        if refusal is None:
+            return None
+        if refusal[0] == 421:
+            raise ConnectionLost(f"{refusal[0]} {refusal[1]}")
+        if envelope[2][0] == 354:  # a server that took DATA anyway: end it empty
+            transport.write(b".\r\n")
+            await replies.next()
+        transport.write(b"RSET\r\n")
+        await replies.next()
+        return result_from_reply(*refusal)
 
     async def close(self) -> None:
         client, self.client = self.client, None
@@ -226,11 +303,29 @@ async def sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, data: b
     return result_from_reply(250, reply)
 
 
+def _envelope(job: Job) -> bytes:
+    return f"MAIL FROM:<{job[2]}>\r\nRCPT TO:<{job[3]}>\r\nDATA\r\n".encode()
+
+
+def _dotted(data: bytes) -> bytes:
+    """The message as DATA carries it: CRLF line ends, leading dots doubled,
+    the final dot."""
+    body = _LEADING_DOT.sub(b"..", _LINE_ENDS.sub(b"\r\n", data))
+    return body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n")
+
+
+def _lost(lost: ConnectionLost, maybe_delivered: bool) -> ConnectionLost:
+    return ConnectionLost(
+        str(lost), maybe_delivered=maybe_delivered, retry_pointless=lost.retry_pointless
+    )
+
+
 class _Replies(asyncio.Protocol):
     """SMTP replies read in order, however many arrive in one segment (what
     aiosmtplib's protocol cannot do: it expects one reply per command)."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
         self.buffer = bytearray()
         self.replies: deque[tuple[int, str]] = deque()
         self.waiter: asyncio.Future[None] | None = None
@@ -273,8 +368,10 @@ class _Replies(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    async def next(self, timeout: float) -> tuple[int, str]:
-        async with asyncio.timeout(timeout):
+    async def next(self) -> tuple[int, str]:
+        if self.replies:  # already here: no timer to set up
+            return self.replies.popleft()
+        async with asyncio.timeout(self.timeout):
             while not self.replies:
                 if self.closed is not None:
                     raise ConnectionResetError(str(self.closed))

@@ -156,3 +156,26 @@ def test_the_send_time_suppression_check_can_be_switched_off(
     services.batch_send(batch_id=batch.pk)
 
     assert len(messages(outbox)) == sent
+
+
+def test_a_domain_suppressed_after_listing_is_skipped_at_send_time_whatever_its_case(
+    tmp_path: Path,
+) -> None:
+    outbox = tmp_path / "outbox"
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory=str(outbox))
+    lists = [make_audience(2), make_audience(2, name="Partners", domain="Blocked.Example")]
+    campaign = make_campaign(dispatcher=dispatcher, lists=lists, status=Campaign.Status.SCHEDULED)
+    services.items_generate()
+    services.suppression_add(pattern="*@blocked.example", source="manual")  # after listing
+
+    services.batch_send(batch_id=services.batch_claim(dispatcher_id=dispatcher.pk).pk)
+
+    assert sorted(str(m["To"]).split("<")[1].rstrip(">") for m in messages(outbox)) == [
+        "user0@example.org",
+        "user1@example.org",
+    ]
+    skipped = CampaignItem.objects.filter(campaign=campaign, status=CampaignItem.Status.SKIPPED)
+    assert sorted(skipped.values_list("contact__email", "skip_reason")) == [
+        ("user0@Blocked.Example", "suppressed"),
+        ("user1@Blocked.Example", "suppressed"),
+    ]
