@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.utils import formataddr, formatdate
@@ -551,8 +552,44 @@ def message_skeleton(
     )
 
 
+@dataclass(slots=True)
+class Recipient:
+    """What sending reads of a contact: its message (``message_render``, the
+    template's ``contact``) and the send-time checks. A batch reads these
+    as plain rows: a Contact model instance costs ~20 us more a message."""
+
+    pk: int
+    email: str
+    first_name: str
+    last_name: str
+    language: str
+    attributes: object
+    status: str
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.first_name} {self.last_name}".strip()
+
+
+@dataclass(slots=True)
+class SendingItem:
+    """What sending reads and writes of a claimed campaign item (see
+    Recipient): the same names as CampaignItem's."""
+
+    pk: int
+    campaign_id: int
+    batch_id: int
+    token: str
+    attempts: int
+    first_attempt_at: datetime | None
+    contact: Recipient
+
+
 def message_render(
-    *, skeleton: MessageSkeleton, item: CampaignItem, contact: Contact
+    *,
+    skeleton: MessageSkeleton,
+    item: CampaignItem | SendingItem,
+    contact: Contact | Recipient,
 ) -> WireMessage:
     """One recipient's message, ready for the wire."""
     if skeleton.error:
@@ -626,7 +663,7 @@ def _render(
     pieces: Pieces | None,
     simple: dict[str, str | int],
     skeleton: MessageSkeleton,
-    contact: Contact,
+    contact: Contact | Recipient,
     url: str,
     item_token: str,
 ) -> str:
@@ -644,7 +681,7 @@ def _render(
     return template.render(Context(values, autoescape=autoescape))
 
 
-def contact_values(contact: Contact) -> dict[str, object]:
+def contact_values(contact: Contact | Recipient) -> dict[str, object]:
     """What templates see of a contact: plain data only (see sandbox.py)."""
     return {
         "email": contact.email,

@@ -32,6 +32,8 @@ from .audience import audience_page_sql, autoresponder_page_sql, campaign_has_ru
 from .messages import (
     MessageBuildError,
     MessageSkeleton,
+    Recipient,
+    SendingItem,
     bounce_domain,
     message_render,
     message_skeleton,
@@ -506,7 +508,7 @@ def item_record_result(*, item: CampaignItem, result: SendResult, now: datetime)
     return items_record_results(results=[(item, result, now)])[0]
 
 
-def _verdict(item: CampaignItem, result: SendResult, now: datetime) -> str:
+def _verdict(item: CampaignItem | SendingItem, result: SendResult, now: datetime) -> str:
     if result.outcome is Outcome.ACCEPTED:
         return S.SENT
     first_attempt = item.first_attempt_at or now
@@ -518,7 +520,7 @@ def _verdict(item: CampaignItem, result: SendResult, now: datetime) -> str:
 
 def items_record_results(
     *,
-    results: list[tuple[CampaignItem, SendResult, datetime]],
+    results: list[tuple[CampaignItem | SendingItem, SendResult, datetime]],
     mark_sending: list[int] | None = None,
 ) -> list[str]:
     """Write many items' verdicts (each with the time it came back) in one
@@ -646,7 +648,7 @@ def _batch_left_lists(batch: Batch, *, from_id: int = 0) -> set[int]:
     )
 
 
-def _skip_reason(contact: Contact, suppressed: set[str]) -> str:
+def _skip_reason(contact: Contact | Recipient, suppressed: set[str]) -> str:
     if contact.status != Contact.Status.ACTIVE:
         return contact.status
     if suppressed.intersection(_suppression_patterns(contact.email.lower())):
@@ -654,13 +656,13 @@ def _skip_reason(contact: Contact, suppressed: set[str]) -> str:
     return ""
 
 
-def _items_skip(items: list[CampaignItem], reason: str) -> None:
+def _items_skip(items: list[SendingItem], reason: str) -> None:
     CampaignItem.objects.filter(
         pk__in=[item.pk for item in items], status=S.CLAIMED, batch_id=items[0].batch_id
     ).update(status=S.SKIPPED, skip_reason=reason, sending_started_at=None)
 
 
-def _item_fail(item: CampaignItem, reason: str, now: datetime) -> None:
+def _item_fail(item: SendingItem, reason: str, now: datetime) -> None:
     CampaignItem.objects.filter(pk=item.pk, status=S.CLAIMED, batch_id=item.batch_id).update(
         status=S.FAILED, smtp_response=reason[:500], sending_started_at=None, first_attempt_at=now
     )
@@ -767,6 +769,14 @@ class BatchRun:
             )
 
 
+# The fields of SendingItem and Recipient, in their order.
+_ITEM_FIELDS = ("id", "campaign_id", "batch_id", "token", "attempts", "first_attempt_at")
+_RECIPIENT_FIELDS = tuple(
+    f"contact__{name}"
+    for name in ("id", "email", "first_name", "last_name", "language", "attributes", "status")
+)
+
+
 class _BatchRun(BatchRun):
     """One pass over a batch: build the messages, send them on the pool,
     record the results as they come back.
@@ -793,27 +803,31 @@ class _BatchRun(BatchRun):
         self.suppressed: set[str] = set()
         self.left: set[int] = set()  # items whose contact left the campaign's lists
         self.return_domain = bounce_domain(self.dispatcher)
-        self.skipped: dict[str, list[CampaignItem]] = {}  # reason -> items
-        self.results: list[tuple[CampaignItem, SendResult, datetime]] = []
+        self.skipped: dict[str, list[SendingItem]] = {}  # reason -> items
+        self.results: list[tuple[SendingItem, SendResult, datetime]] = []
         self.oldest_result = 0.0
         self.chunk = write_chunk(connections=self.dispatcher.connections)
 
-    def items(self) -> Iterator[CampaignItem]:
-        return (
+    def items(self) -> Iterator[SendingItem]:
+        # Plain rows, not model instances (campaigns once per batch, in
+        # _campaign, not per row).
+        rows = (
             CampaignItem.objects.filter(batch=self.batch, status=S.CLAIMED)
-            .select_related("contact")  # campaigns once per batch (_campaign), not per row
             .order_by("id")
-            .iterator(chunk_size=500)
+            .values_list(*_ITEM_FIELDS, *_RECIPIENT_FIELDS)
         )
+        split = len(_ITEM_FIELDS)
+        for row in rows.iterator(chunk_size=500):
+            yield SendingItem(*row[:split], Recipient(*row[split:]))
 
     def send_all(self) -> None:
         self._flag_in_doubt()
-        pool: SendPool[CampaignItem] = send_pool_for(
+        pool: SendPool[SendingItem] = send_pool_for(
             self.dispatcher,
             signer=signer_for(dispatcher=self.dispatcher),  # the DKIM key, once per batch
         )
         try:
-            chunk: list[tuple[CampaignItem, WireMessage]] = []
+            chunk: list[tuple[SendingItem, WireMessage]] = []
             for count, item in enumerate(self.items()):
                 if count % self.REFRESH_EVERY == 0:
                     self.sending = batch_sending_campaigns(self.batch)
@@ -837,7 +851,7 @@ class _BatchRun(BatchRun):
             pool.close()
             self._write_results()
 
-    def _prepare(self, item: CampaignItem) -> tuple[CampaignItem, WireMessage] | None:
+    def _prepare(self, item: SendingItem) -> tuple[SendingItem, WireMessage] | None:
         """The item's message, or None when it is not to be sent now."""
         if item.campaign_id not in self.sending:
             return None  # paused or cancelled meanwhile: released at the end
@@ -859,7 +873,7 @@ class _BatchRun(BatchRun):
         return item, message
 
     def _send_chunk(
-        self, pool: SendPool[CampaignItem], chunk: list[tuple[CampaignItem, WireMessage]]
+        self, pool: SendPool[SendingItem], chunk: list[tuple[SendingItem, WireMessage]]
     ) -> None:
         self._write_skips()
         ids = [item.pk for item, _ in chunk]
@@ -900,7 +914,7 @@ class _BatchRun(BatchRun):
             )
         return skeleton
 
-    def _collect(self, outcomes: Iterator[Completion[CampaignItem]]) -> None:
+    def _collect(self, outcomes: Iterator[Completion[SendingItem]]) -> None:
         for outcome in outcomes:
             if outcome.result is None:
                 self._lose(outcome.key, outcome.lost)
@@ -926,7 +940,7 @@ class _BatchRun(BatchRun):
             self.settled += len(items)
         self.skipped = {}
 
-    def _lose(self, item: CampaignItem, lost: ConnectionLost | None) -> None:
+    def _lose(self, item: SendingItem, lost: ConnectionLost | None) -> None:
         if lost is not None and not lost.maybe_delivered:
             CampaignItem.objects.filter(pk=item.pk).update(sending_started_at=None)
         self.lost = self.lost or lost
