@@ -10,9 +10,8 @@ from smtpservers.models import SmtpServer
 
 
 def make_smtp_server(*, port: int, **extra: object) -> SmtpServer:
-    return SmtpServer.objects.create(
-        name=f"sink-{port}", host="127.0.0.1", port=port, timeout=10, **extra
-    )
+    fields: dict[str, object] = {"timeout": 10, **extra}
+    return SmtpServer.objects.create(name=f"sink-{port}", host="127.0.0.1", port=port, **fields)
 
 
 def make_dispatcher(*, smtp_server: SmtpServer | None = None, **extra: object) -> Dispatcher:

@@ -172,10 +172,10 @@ def test_a_campaign_through_a_pipelining_server_reaches_everyone_once(sink) -> N
 # --- several messages streamed on one session ----------------------------------
 
 
-def stream(port: int, jobs: list[Job]) -> list[tuple[object, object, object]]:
+def stream(port: int, jobs: list[Job], timeout: int = 10) -> list[tuple[object, object, object]]:
     """SmtpSession.stream over ``jobs`` (all ready at once) on a fresh event
     loop: the reports in the order they came."""
-    server = make_smtp_server(port=port)
+    server = make_smtp_server(port=port, timeout=timeout)
     reports: list[tuple[object, object, object]] = []
     waiting = list(jobs)
 
@@ -205,8 +205,9 @@ class HoldingServer:
     next message's MAIL FROM has arrived (up to ``expected`` messages): a
     client that waits for each reply before sending on never gets one."""
 
-    def __init__(self, expected: int) -> None:
+    def __init__(self, expected: int, *, mute_at: int = 0) -> None:
         self.expected = expected
+        self.mute_at = mute_at  # never answer this message's final dot
         self.port = free_port()
         self.messages = 0
         self.sessions = 0
@@ -244,6 +245,9 @@ class HoldingServer:
                 while await reader.readline() != b".\r\n":
                     pass
                 self.messages += 1
+                if self.messages == self.mute_at:
+                    await reader.read()  # until the client gives up
+                    break
                 if self.messages < self.expected:
                     # Only a pipelining client has sent the next MAIL already.
                     following = await reader.readline()
@@ -268,6 +272,17 @@ def test_each_next_envelope_goes_out_with_the_final_dot_before_it() -> None:
         (n, f"H{n}") for n in range(1, 6)
     ]
     assert server.messages == 5 and server.sessions == 1
+
+
+def test_a_final_dot_never_answered_leaves_that_message_in_doubt_after_the_timeout() -> None:
+    with HoldingServer(expected=5, mute_at=3) as server:
+        reports = stream(server.port, [job(n) for n in range(1, 6)], timeout=1)
+
+    assert [(key, result.queue_id) for key, result, _ in reports[:2]] == [(1, "H1"), (2, "H2")]
+    (key, result, lost), (next_key, next_result, next_lost) = reports[2:]
+    assert (key, result, next_key, next_result) == (3, None, 4, None)
+    assert lost.maybe_delivered and not next_lost.maybe_delivered
+    assert server.messages == 3
 
 
 def test_a_streamed_session_reports_every_message_in_order_refusals_included(sink) -> None:
