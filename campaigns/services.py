@@ -947,11 +947,19 @@ class _BatchRun(BatchRun):
 
 
 def batch_sending_campaigns(batch: Batch) -> set[int]:
-    campaign_ids = CampaignItem.objects.filter(batch=batch).values("campaign_id")
+    # Two short queries: as one (campaign IN items of the batch), the
+    # planner walked each sending campaign's items instead, milliseconds
+    # on a large campaign, three times a batch.
+    campaign_ids = set(
+        CampaignItem.objects.filter(batch=batch)
+        .order_by()
+        .values_list("campaign_id", flat=True)
+        .distinct()
+    )
     return set(
-        Campaign.objects.filter(pk__in=campaign_ids, status=Campaign.Status.SENDING).values_list(
-            "pk", flat=True
-        )
+        Campaign.objects.filter(pk__in=campaign_ids, status=Campaign.Status.SENDING)
+        .order_by()
+        .values_list("pk", flat=True)
     )
 
 
