@@ -478,6 +478,10 @@ class Batch(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     size = models.PositiveIntegerField(default=0)
+    # Items are sent in id order: every claimed item of the batch up to this
+    # id may be on the wire (one row written per chunk, not one per item).
+    # A batch released with it set flags those items possibly duplicated.
+    on_wire_through = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "batches"

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Exists, F, Min, OuterRef, Q
+from django.db.models import Exists, F, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -466,7 +466,7 @@ def batch_release(*, batch: Batch, now: datetime) -> int:
     share of the hourly budget (the server may have counted them)."""
     with transaction.atomic():
         claimed = CampaignItem.objects.filter(batch=batch, status=S.CLAIMED)
-        in_doubt = claimed.filter(sending_started_at__isnull=False).update(possibly_duplicated=True)
+        in_doubt = claimed.filter(_on_the_wire(batch)).update(possibly_duplicated=True)
         released = claimed.update(status=S.PENDING, batch=None, sending_started_at=None)
         closed = Batch.objects.filter(pk=batch.pk, finished_at__isnull=True).update(finished_at=now)
         if closed:
@@ -476,6 +476,13 @@ def batch_release(*, batch: Batch, now: datetime) -> int:
                 spent_at=batch.created_at,
             )
     return released
+
+
+def _on_the_wire(batch: Batch) -> Q:
+    """Claimed items of the batch that may be on the wire: marked one by one
+    (sending_started_at), or within the batch's on-the-wire mark."""
+    mark = Batch.objects.filter(pk=batch.pk).values("on_wire_through")
+    return Q(sending_started_at__isnull=False) | Q(id__lte=Subquery(mark))
 
 
 def batches_reclaim(*, now: datetime) -> int:
@@ -521,14 +528,15 @@ def _verdict(item: CampaignItem | SendingItem, result: SendResult, now: datetime
 def items_record_results(
     *,
     results: list[tuple[CampaignItem | SendingItem, SendResult, datetime]],
-    mark_sending: list[int] | None = None,
+    on_wire: tuple[int, int] | None = None,
 ) -> list[str]:
     """Write many items' verdicts (each with the time it came back) in one
     UPDATE; returns the status each ended in. Only items still claimed by
     their batch are written, so a batch released meanwhile is left alone.
-    ``mark_sending``: items about to go on the wire, marked so in the same
-    statement (one round trip instead of two)."""
-    if not results and not mark_sending:
+    ``on_wire``: (batch id, item id), the batch's items up to that id about
+    to go on the wire, its mark moved so in the same statement (one round
+    trip instead of two)."""
+    if not results and not on_wire:
         return []
     rows = []
     statuses = []
@@ -549,11 +557,11 @@ def items_record_results(
             )
         )
     with connection.cursor() as cur:
-        # One JSON document and one id list, not a parameter per value: the
-        # C encoder makes them in a few microseconds, where quoting arrays
-        # element by element cost more than the rest of the write-back.
-        marked = "{" + ",".join(map(str, mark_sending or ())) + "}"
-        cur.execute(_RECORD_SQL, [timezone.now(), marked, json.dumps(rows)])
+        # One JSON document, not a parameter per value: the C encoder makes
+        # it in a few microseconds, where quoting arrays element by element
+        # cost more than the rest of the write-back.
+        batch_id, through = on_wire or (None, None)
+        cur.execute(_RECORD_SQL, [through, batch_id, json.dumps(rows)])
     for (item, result, _), status in zip(results, statuses, strict=True):
         if status == S.FAILED and result.enhanced.startswith("5.1."):
             suppression_add(
@@ -564,12 +572,14 @@ def items_record_results(
 
 # Sent: sent_at and queue id. Deferred: out of the batch, retried later.
 # Deferred or failed: the first attempt's time kept for the give-up rule.
-# The marking runs in the same statement (a data-modifying WITH runs
-# whether or not it is read); its rows are never among the results'.
+# The batch's on-the-wire mark moves in the same statement (a data-modifying
+# WITH runs whether or not it is read): one batch row a chunk, where marking
+# the chunk's items wrote each of them once more (every index of the items
+# table, as for any update that is not HOT).
 _RECORD_SQL = f"""
     WITH marked AS (
-        UPDATE {CampaignItem._meta.db_table} SET sending_started_at = %s::timestamptz
-        WHERE id = ANY(%s::bigint[])
+        UPDATE {Batch._meta.db_table} SET on_wire_through = %s::bigint
+        WHERE id = %s::bigint
     )
     UPDATE {CampaignItem._meta.db_table} AS i SET
         status = v.status,
@@ -735,8 +745,8 @@ class BatchRun:
     def _flag_in_doubt(self) -> None:
         # A message that was on its way when an earlier worker died may
         # have been delivered: sending it again is flagged, never hidden.
-        CampaignItem.objects.filter(
-            batch=self.batch, status=S.CLAIMED, sending_started_at__isnull=False
+        CampaignItem.objects.filter(batch=self.batch, status=S.CLAIMED).filter(
+            _on_the_wire(self.batch)
         ).update(possibly_duplicated=True)
 
     def _count(self, campaign_id: int, *, ok: bool) -> None:
@@ -753,6 +763,9 @@ class BatchRun:
     def close(self) -> None:
         """Settle the batch: give back what was not sent, update health."""
         now = timezone.now()
+        # Alive to the end, the run knows which items may be on the wire
+        # (sending_started_at, set by _lose): the mark is no longer needed.
+        Batch.objects.filter(pk=self.batch.pk).update(on_wire_through=None)
         if CampaignItem.objects.filter(batch=self.batch, status=S.CLAIMED).exists():
             batch_release(batch=self.batch, now=now)
         else:
@@ -782,11 +795,15 @@ class _BatchRun(BatchRun):
     record the results as they come back.
 
     Database writes go by chunks, not by item: before a chunk is handed to
-    the pool, the results that came back so far are written in one UPDATE
-    and the chunk is marked as going on the wire (sending_started_at) in
-    another. So a worker that dies leaves at most ``in_doubt_bound`` items
-    marked without a result; they go back flagged possibly duplicated,
-    never resent silently, and nothing is lost."""
+    the pool, the results that came back so far are written, and the
+    batch's on-the-wire mark moved past the chunk (items go in id order),
+    in one statement. So a worker that dies leaves at most
+    ``in_doubt_bound`` items within the mark without a result; they go back
+    flagged possibly duplicated, never resent silently, and nothing is
+    lost. (Items of a campaign paused during the batch, left claimed, are
+    within the mark too: flagged as well should the worker die then.) A
+    run that lives to the end marks exactly the items a lost session may
+    have delivered (sending_started_at) and clears the mark."""
 
     # How often the run re-reads which campaigns are still sending and who
     # is suppressed, so a pause or an unsubscribe takes effect within the
@@ -876,16 +893,14 @@ class _BatchRun(BatchRun):
         self, pool: SendPool[SendingItem], chunk: list[tuple[SendingItem, WireMessage]]
     ) -> None:
         self._write_skips()
-        ids = [item.pk for item, _ in chunk]
         # The results so far (so marked-but-unrecorded stays within
-        # in_doubt_bound) and the chunk marked as going on the wire, in one
-        # statement, committed before the first of them leaves (autocommit).
-        self._write_results(mark_sending=ids)
-        for index, (item, message) in enumerate(chunk):
+        # in_doubt_bound) and the batch's mark moved past the chunk (items go
+        # in id order), in one statement, committed before the first of them
+        # leaves (autocommit).
+        self._write_results(on_wire=(self.batch.pk, chunk[-1][0].pk))
+        for item, message in chunk:
             if self.lost is not None:
-                # The connection is gone: these never left.
-                CampaignItem.objects.filter(pk__in=ids[index:]).update(sending_started_at=None)
-                return
+                return  # the connection is gone: the rest never left
             sender = verp_address(token=item.token, domain=self.return_domain)
             pool.submit(item, message, sender=sender, recipient=item.contact.email)
             while pool.full:
@@ -927,9 +942,9 @@ class _BatchRun(BatchRun):
         ):
             self._write_results()
 
-    def _write_results(self, mark_sending: list[int] | None = None) -> None:
+    def _write_results(self, on_wire: tuple[int, int] | None = None) -> None:
         results, self.results = self.results, []
-        statuses = items_record_results(results=results, mark_sending=mark_sending)
+        statuses = items_record_results(results=results, on_wire=on_wire)
         self.settled += len(results)
         for (item, _, _), status in zip(results, statuses, strict=True):
             self._count(item.campaign_id, ok=status == S.SENT)
@@ -941,8 +956,9 @@ class _BatchRun(BatchRun):
         self.skipped = {}
 
     def _lose(self, item: SendingItem, lost: ConnectionLost | None) -> None:
-        if lost is not None and not lost.maybe_delivered:
-            CampaignItem.objects.filter(pk=item.pk).update(sending_started_at=None)
+        if lost is None or lost.maybe_delivered:
+            # In doubt: marked one by one, as the batch's mark goes at close.
+            CampaignItem.objects.filter(pk=item.pk).update(sending_started_at=timezone.now())
         self.lost = self.lost or lost
 
 

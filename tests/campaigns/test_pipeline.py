@@ -481,3 +481,18 @@ def test_a_message_in_doubt_keeps_its_share_of_the_hourly_budget():
 
     # Two never left: refunded. One may have been delivered: still counted.
     assert sum(RateUsage.objects.values_list("count", flat=True)) == 1
+
+
+def test_a_batch_whose_worker_died_flags_the_items_within_its_on_the_wire_mark_only():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    campaign = sending_campaign(5, dispatcher)
+    batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+    first, second, *rest = CampaignItem.objects.filter(batch=batch).order_by("id")
+    CampaignItem.objects.filter(pk=first.pk).update(status=S.SENT, sent_at=timezone.now())
+    # The worker marked the chunk up to the second item, then died.
+    Batch.objects.filter(pk=batch.pk).update(started_at=timezone.now(), on_wire_through=second.pk)
+
+    assert services.batches_reclaim(now=timezone.now()) == 4
+
+    assert statuses(campaign) == {S.SENT: 1, S.PENDING: 4}
+    assert set(CampaignItem.objects.filter(possibly_duplicated=True)) == {second}
