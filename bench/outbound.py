@@ -4,7 +4,7 @@ A campaign of BENCH_SCALE x 100,000 recipients goes through the real
 pipeline as deployed: Celery beat runs the generate-items and
 process-messages jobs from their stored schedules, one Celery worker (the
 job queue and the dispatcher's queue, prefork, concurrency
-BENCH_WORKER_CONCURRENCY, default 2 for 2 cores) renders, builds, sends and
+BENCH_WORKER_CONCURRENCY, default 3 as recommended for 2 cores) renders, builds, sends and
 records every result. The dispatcher relays to Postfix's smtp-sink on a
 loopback port, with no effective rate limit (batches of BENCH_BATCH_SIZE,
 default 500, over BENCH_CONNECTIONS sessions, default 4).
@@ -53,7 +53,7 @@ ROWS = [
 
 RECIPIENTS = scaled(100_000, minimum=2000)
 NAIVE = min(RECIPIENTS, scaled(20_000, minimum=1000))
-CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY") or 2)
+CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY") or 3)
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS") or 4)
 BATCH_SIZE = int(os.environ.get("BENCH_BATCH_SIZE") or 500)
 MAX_SECONDS = int(os.environ.get("BENCH_OUTBOUND_MAX_SECONDS") or 900)

@@ -360,11 +360,14 @@ def command_run() -> int:
                         + ["--no-control-socket"],
                     )
                 )
+                # 3 processes for 2 cores (measured, README.md, Benchmarks):
+                # each spends part of its time waiting on PostgreSQL and SMTP.
+                queues = f"{_default_queue()},dispatch.{server_name}"
                 children.append(
                     spawn(
                         "Celery worker",
                         [sys.executable, "-m", "celery", "-A", "config", "worker"]
-                        + ["-Q", f"{_default_queue()},dispatch.{server_name}", "--concurrency", "2"]
+                        + ["-Q", queues, "--concurrency", "3"]
                         + ["--loglevel", "INFO"],
                     )
                 )
