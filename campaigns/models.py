@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from dispatchers.models import Dispatcher, DispatcherPool
 from smtpservers.validators import validate_header_value
@@ -408,7 +409,10 @@ class Batch(models.Model):
     lease ran out (its worker died) is reclaimed by the next run."""
 
     dispatcher = models.ForeignKey(Dispatcher, on_delete=models.CASCADE, related_name="batches")
-    created_at = models.DateTimeField(auto_now_add=True)
+    # When it was claimed: the minute its items were counted in the rate
+    # ledgers (given by the claim, so a refund or a provider's refusal is
+    # put against the same minute).
+    created_at = models.DateTimeField(default=timezone.now)
     lease_expires_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -465,6 +469,11 @@ class CampaignItem(models.Model):
     # default too, as item generation inserts rows in SQL.
     provider_status = models.CharField(max_length=12, blank=True, default="", db_default="")
     skip_reason = models.CharField(max_length=32, blank=True)
+    # The recipient's mailbox provider (google, microsoft, yahoo, apple) or,
+    # for any other, its domain: what per-provider rates are counted by.
+    # Set when items are generated; "" for items made otherwise (not
+    # throttled per provider).
+    provider_group = models.CharField(max_length=253, blank=True, default="", db_default="")
     # First human open and click (tracking); machine fetches do not set them.
     opened_at = models.DateTimeField(null=True, blank=True)
     clicked_at = models.DateTimeField(null=True, blank=True)

@@ -6,22 +6,34 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Exists, F, Min, OuterRef, Q
+from django.db.models import Exists, F, Min, OuterRef, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from dispatchers.models import Dispatcher
+from dispatchers.mailbox_providers import known_provider_sql, mail_domains_resolve
+from dispatchers.models import Dispatcher, MailDomain, ProviderRate
 from dispatchers.pool import Completion, SendPool
 from dispatchers.ratelimit import rate_budget, rate_refund, rate_spend, rate_usage_prune
 from dispatchers.services import dispatcher_pause, pool_member_fail, pool_member_record_failover
 from dispatchers.signing import signer_for
+from dispatchers.throttle import (
+    ProviderPlan,
+    configured_rate,
+    provider_plan,
+    provider_rates,
+    provider_throttle_record,
+    provider_usage_prune,
+    provider_usage_spend,
+)
 from dispatchers.transports import ConnectionLost, Outcome, SendResult, transport_for
 from dispatchers.transports.base import WireMessage
 from jobs.locks import BATCHES, advisory_lock
@@ -180,7 +192,7 @@ _DATE_ATTRIBUTE_PAGE = """
 
 _ITEMS_FROM_PAGE = """
 WITH page AS ({page}), verdict AS (
-    SELECT p.id,
+    SELECT p.id, split_part(lower(p.email), '@', 2) AS domain,
         CASE WHEN p.status <> 'active' THEN p.status
              WHEN EXISTS (
                 SELECT 1 FROM {suppression} x
@@ -188,17 +200,28 @@ WITH page AS ({page}), verdict AS (
              THEN 'suppressed'
              ELSE '' END AS reason
     FROM page p
+), grouped AS (
+    -- The recipient's mailbox provider: a well-known domain's, else what
+    -- its last MX look-up found, else the domain is its own group.
+    SELECT v.*, md.domain IS NULL OR md.resolved_at < now() - interval '{mx_ttl} hours'
+                OR (md.error <> '' AND md.resolved_at < now() - interval '1 hour') AS stale,
+           COALESCE(NULLIF(v.known, ''), NULLIF(md.provider, ''), v.domain) AS provider_group
+    FROM (SELECT verdict.*, {known} AS known FROM verdict) v
+    LEFT JOIN {mail_domain} md ON md.domain = v.domain
 ), inserted AS (
     INSERT INTO {item} (campaign_id, contact_id, status, skip_reason, token, attempts,
-                        possibly_duplicated, smtp_response, queue_id)
-    SELECT %(campaign)s, v.id,
-           CASE WHEN v.reason = '' THEN 'pending' ELSE 'skipped' END,
-           v.reason, md5(gen_random_uuid()::text), 0, false, '', ''
-    FROM verdict v
+                        possibly_duplicated, smtp_response, queue_id, provider_group)
+    SELECT %(campaign)s, g.id,
+           CASE WHEN g.reason = '' THEN 'pending' ELSE 'skipped' END,
+           g.reason, md5(gen_random_uuid()::text), 0, false, '', '', g.provider_group
+    FROM grouped g
     ON CONFLICT (campaign_id, contact_id) DO NOTHING
-    RETURNING 1
+    RETURNING id
 )
-SELECT (SELECT count(*) FROM page), (SELECT max(id) FROM page), (SELECT count(*) FROM inserted)
+SELECT (SELECT count(*) FROM page), (SELECT max(id) FROM page), (SELECT count(*) FROM inserted),
+       (SELECT min(id) FROM inserted), (SELECT max(id) FROM inserted),
+       (SELECT array_agg(DISTINCT g.domain) FROM grouped g
+        WHERE g.stale AND g.reason = '' AND g.known = '')
 """
 
 
@@ -210,17 +233,33 @@ def _items_sql(page: str) -> str:
         "suppression": Suppression._meta.db_table,
         "item": CampaignItem._meta.db_table,
     }
-    return _ITEMS_FROM_PAGE.format(page=page.format(**tables), **tables)
+    return _ITEMS_FROM_PAGE.format(
+        page=page.format(**tables),
+        mail_domain=MailDomain._meta.db_table,
+        known=known_provider_sql("verdict.domain"),
+        mx_ttl=int(settings.HERALD_PROVIDER_MX_TTL_HOURS),
+        **tables,
+    )
 
 
-def _items_insert(page: str, params: dict[str, object]) -> tuple[int, int | None, int]:
-    """Run one page; returns (contacts paged, last contact id, items inserted)."""
+@dataclass(frozen=True)
+class _Page:
+    paged: int  # contacts in the page
+    last_id: int | None  # the page's last contact id
+    inserted: int  # items inserted
+    first_item: int | None  # the range of the inserted items' ids
+    last_item: int | None
+    unknown_domains: list[str] | None  # domains whose provider is to be looked up
+
+
+def _items_insert(page: str, params: dict[str, object]) -> _Page:
+    """Run one page of an audience into items."""
     with connection.cursor() as cur:
         cur.execute(_items_sql(page), params)
-        return cur.fetchone()
+        return _Page(*cur.fetchone())
 
 
-def _items_insert_audience(campaign: Campaign, page_size: int) -> tuple[int, int | None, int]:
+def _items_insert_audience(campaign: Campaign, page_size: int) -> _Page:
     """A page of an audience with segments or exclusions (campaigns/audience.py
     builds it, with positional parameters, so the rest of the statement
     takes the campaign id positionally too)."""
@@ -232,7 +271,34 @@ def _items_insert_audience(campaign: Campaign, page_size: int) -> tuple[int, int
     sql = _items_sql("__PAGE__").replace("%(campaign)s", "%s").replace("__PAGE__", page)
     with connection.cursor() as cur:
         cur.execute(sql, [*params, campaign.pk])
-        return cur.fetchone()
+        return _Page(*cur.fetchone())
+
+
+def items_group_by_mx(*, campaign_id: int, page: _Page) -> int:
+    """Look up the MX of a generated page's unknown recipient domains
+    (only when some dispatcher throttles per provider), and move the
+    page's items of domains hosted by Google, Microsoft, ... into that
+    provider's group. After the page is committed: a claim that takes an
+    item first counts it against its domain, which holds nothing back."""
+    if not page.unknown_domains or page.first_item is None or not ProviderRate.objects.exists():
+        return 0
+    found = mail_domains_resolve(domains=page.unknown_domains)
+    if not found:
+        return 0
+    values = ", ".join(["(%s, %s)"] * len(found))
+    params: list[object] = [x for pair in found.items() for x in pair]
+    sql = f"""
+        UPDATE {CampaignItem._meta.db_table} AS i
+        SET provider_group = COALESCE(NULLIF(m.provider, ''), m.domain)
+        FROM {Contact._meta.db_table} AS c, (VALUES {values}) AS m(domain, provider)
+        WHERE i.campaign_id = %s AND i.id BETWEEN %s AND %s
+          AND i.status IN ('{S.PENDING.value}', '{S.DEFERRED.value}')
+          AND c.id = i.contact_id AND split_part(lower(c.email), '@', 2) = m.domain
+          AND i.provider_group <> COALESCE(NULLIF(m.provider, ''), m.domain)
+    """
+    with connection.cursor() as cur:
+        cur.execute(sql, [*params, campaign_id, page.first_item, page.last_item])
+        return cur.rowcount
 
 
 def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]:
@@ -240,6 +306,14 @@ def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]
 
     The campaign row is locked (SKIP LOCKED) for the page, so a second
     generator running at the same time simply moves on."""
+    done, page = _items_generate_page(campaign_id=campaign_id, page_size=page_size)
+    if page is None:
+        return done, 0
+    items_group_by_mx(campaign_id=campaign_id, page=page)
+    return done, page.inserted
+
+
+def _items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, _Page | None]:
     with transaction.atomic():
         campaign = (
             Campaign.objects.select_for_update(skip_locked=True)
@@ -250,16 +324,16 @@ def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]
             .first()
         )
         if campaign is None:
-            return True, 0
+            return True, None
         if campaign_has_rules(campaign):
-            paged, last_id, inserted = _items_insert_audience(campaign, page_size)
+            page = _items_insert_audience(campaign, page_size)
         else:
-            paged, last_id, inserted = _items_insert(
+            page = _items_insert(
                 _CAMPAIGN_PAGE,
                 {"after": campaign.generated_through, "campaign": campaign.pk, "size": page_size},
             )
-        done = paged < page_size
-        campaign.generated_through = last_id or campaign.generated_through
+        done = page.paged < page_size
+        campaign.generated_through = page.last_id or campaign.generated_through
         campaign.status = Campaign.Status.SENDING if done else Campaign.Status.GENERATING
         campaign.audience_complete = done
         campaign.started_at = campaign.started_at or timezone.now()
@@ -272,7 +346,7 @@ def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]
                 "updated_at",
             ]
         )
-        return done, inserted
+        return done, page
 
 
 def items_generate(*, now: datetime | None = None, page_size: int | None = None) -> int:
@@ -308,9 +382,10 @@ def autoresponders_process(*, now: datetime | None = None, page_size: int | None
         page, params = _autoresponder_page(campaign, now)
         params.update(campaign=campaign.pk, size=page_size)
         while True:
-            paged, _, inserted = _items_insert(page, params)
-            total += inserted
-            if paged < page_size or not inserted:
+            found = _items_insert(page, params)
+            items_group_by_mx(campaign_id=campaign.pk, page=found)
+            total += found.inserted
+            if found.paged < page_size or not found.inserted:
                 break
     return total
 
@@ -351,7 +426,12 @@ _claim_cursors: dict[int, tuple[int, int]] = {}  # dispatcher id -> (last id, cl
 
 
 def _due_ids(
-    *, dispatcher: Dispatcher, campaigns: list[int], wanted: int, now: datetime
+    *,
+    dispatcher: Dispatcher,
+    campaigns: list[int],
+    wanted: int,
+    now: datetime,
+    plan: ProviderPlan | None = None,
 ) -> list[int]:
     dispatcher_id = dispatcher.pk
     due = (
@@ -359,19 +439,48 @@ def _due_ids(
         .filter(campaign_id__in=campaigns)
         .filter(Q(status=S.PENDING) | Q(status=S.DEFERRED, next_attempt_at__lte=now))
         .order_by("id")
-        .values_list("id", flat=True)
     )
+    take = _take if plan is None else partial(_take_within_provider_rates, plan=plan)
     after, since_sweep = _claim_cursors.get(dispatcher_id, (0, 0))
     if since_sweep >= CLAIM_SWEEP_EVERY:
         after = 0
-    ids = list(due.filter(id__gt=after)[:wanted])
+    ids = take(due.filter(id__gt=after), wanted)
     if len(ids) == wanted:
         _claim_cursors[dispatcher_id] = (ids[-1], since_sweep + 1 if after else 1)
         return ids
     # The end: sweep what lies behind the cursor, and start over next time.
     if after:
-        ids += list(due.filter(id__lte=after)[: wanted - len(ids)])
+        ids += take(due.filter(id__lte=after), wanted - len(ids))
     _claim_cursors[dispatcher_id] = (0, 0)
+    return ids
+
+
+def _take(due: QuerySet[CampaignItem], wanted: int) -> list[int]:
+    return list(due.values_list("id", flat=True)[:wanted])
+
+
+# A claim skips over at most this many pages of items whose provider has
+# no budget left (those it can tell in advance are left out in SQL).
+PROVIDER_ROUNDS = 4
+
+
+def _take_within_provider_rates(
+    due: QuerySet[CampaignItem], wanted: int, *, plan: ProviderPlan
+) -> list[int]:
+    """Due items, in order, whose provider group still has budget this
+    minute: the others stay pending, untouched, while the rest flow."""
+    ids: list[int] = []
+    last = 0
+    for _ in range(PROVIDER_ROUNDS):
+        page = due.filter(id__gt=last)
+        if exhausted := plan.exhausted():
+            page = page.exclude(provider_group__in=exhausted)
+        short = wanted - len(ids)
+        rows = list(page.values_list("id", "provider_group")[:short])
+        ids += [item_id for item_id, group in rows if plan.admit(group)]
+        if len(rows) < short or len(ids) == wanted:
+            break
+        last = rows[-1][0]
     return ids
 
 
@@ -435,15 +544,20 @@ def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | N
         campaigns = _campaigns_served(dispatcher)
         if dispatcher.task_message_limit:
             campaigns, wanted = _within_task_limit(dispatcher, campaigns, wanted)
-        ids = _due_ids(dispatcher=dispatcher, campaigns=campaigns, wanted=wanted, now=now)
+        plan = provider_plan(dispatcher=dispatcher, now=now)
+        ids = _due_ids(
+            dispatcher=dispatcher, campaigns=campaigns, wanted=wanted, now=now, plan=plan
+        )
         if not ids:
             return None
         lease = timedelta(seconds=settings.HERALD_BATCH_LEASE_SECONDS)
         batch = Batch.objects.create(
-            dispatcher=dispatcher, lease_expires_at=now + lease, size=len(ids)
+            dispatcher=dispatcher, created_at=now, lease_expires_at=now + lease, size=len(ids)
         )
         CampaignItem.objects.filter(id__in=ids).update(status=S.CLAIMED, batch=batch)
         rate_spend(dispatcher=dispatcher, count=len(ids), now=now)
+        if plan is not None:
+            provider_usage_spend(dispatcher=dispatcher, taken=plan.taken, now=now)
         queue = dispatcher.queue
         transaction.on_commit(lambda: _enqueue_batch(batch, queue))
         return batch
@@ -474,6 +588,7 @@ def messages_process(*, now: datetime | None = None) -> int:
     Returns the items it moved (released plus claimed)."""
     now = now or timezone.now()
     claimed = batches_reclaim(now=now)
+    provider_usage_prune(now=now)  # one row per domain and minute: kept an hour only
     # Pool members claim in order of priority, so the first ones spend
     # their budget before the next are asked.
     dispatchers = (
@@ -529,6 +644,11 @@ def batches_reclaim(*, now: datetime) -> int:
 # --- send one batch ----------------------------------------------------------
 
 
+# A message its provider refused as sent too fast goes again after this:
+# the next minute's budget, at the rate that was just cut down.
+THROTTLED_RETRY = timedelta(minutes=1)
+
+
 def _retry_delay(attempts: int) -> timedelta:
     first = settings.HERALD_RETRY_FIRST_SECONDS
     return timedelta(
@@ -551,10 +671,18 @@ def _verdict(item: CampaignItem, result: SendResult, now: datetime) -> str:
     return S.FAILED
 
 
-def items_record_results(*, results: list[tuple[CampaignItem, SendResult, datetime]]) -> list[str]:
+def items_record_results(
+    *,
+    results: list[tuple[CampaignItem, SendResult, datetime]],
+    throttled: Collection[int] = (),
+) -> list[str]:
     """Write many items' verdicts (each with the time it came back) in one
     UPDATE; returns the status each ended in. Only items still claimed by
-    their batch are written, so a batch released meanwhile is left alone."""
+    their batch are written, so a batch released meanwhile is left alone.
+
+    Items in ``throttled`` were refused only because their provider wants
+    a slower pace: retried after a minute, without counting an attempt (so
+    without lengthening their back-off)."""
     if not results:
         return []
     rows: list[object] = []
@@ -562,7 +690,10 @@ def items_record_results(*, results: list[tuple[CampaignItem, SendResult, dateti
     for item, result, now in results:
         status = _verdict(item, result, now)
         statuses.append(status)
-        retry_at = now + _retry_delay(item.attempts + 1) if status == S.DEFERRED else None
+        slowed = item.pk in throttled
+        retry_at = None
+        if status == S.DEFERRED:
+            retry_at = now + (THROTTLED_RETRY if slowed else _retry_delay(item.attempts + 1))
         rows += [
             item.pk,
             item.batch_id,
@@ -572,9 +703,13 @@ def items_record_results(*, results: list[tuple[CampaignItem, SendResult, dateti
             result.queue_id[:100],
             now,
             retry_at,
+            0 if slowed else 1,
         ]
     values = ", ".join(
-        ["(%s::bigint, %s::bigint, %s, %s::integer, %s, %s, %s::timestamptz, %s::timestamptz)"]
+        [
+            "(%s::bigint, %s::bigint, %s, %s::integer, %s, %s, %s::timestamptz, %s::timestamptz,"
+            " %s::integer)"
+        ]
         * len(results)
     )
     table = CampaignItem._meta.db_table
@@ -583,7 +718,7 @@ def items_record_results(*, results: list[tuple[CampaignItem, SendResult, dateti
     sql = f"""
         UPDATE {table} AS i SET
             status = v.status,
-            attempts = i.attempts + 1,
+            attempts = i.attempts + v.attempt,
             sending_started_at = NULL,
             smtp_code = v.code,
             smtp_response = v.response,
@@ -596,7 +731,7 @@ def items_record_results(*, results: list[tuple[CampaignItem, SendResult, dateti
                 WHEN v.status = '{S.SENT.value}' THEN i.first_attempt_at
                 ELSE COALESCE(i.first_attempt_at, v.at) END
         FROM (VALUES {values})
-            AS v(id, batch_id, status, code, response, queue_id, at, retry_at)
+            AS v(id, batch_id, status, code, response, queue_id, at, retry_at, attempt)
         WHERE i.id = v.id AND i.batch_id = v.batch_id AND i.status = '{S.CLAIMED.value}'
     """
     with connection.cursor() as cur:
@@ -795,6 +930,7 @@ class _BatchRun(BatchRun):
         self.results: list[tuple[CampaignItem, SendResult, datetime]] = []
         self.oldest_result = 0.0
         self.chunk = write_chunk(connections=self.dispatcher.connections)
+        self.provider_rates = provider_rates(dispatcher=self.dispatcher)
 
     def items(self) -> Iterator[CampaignItem]:
         return (
@@ -912,10 +1048,36 @@ class _BatchRun(BatchRun):
 
     def _write_results(self) -> None:
         results, self.results = self.results, []
-        statuses = items_record_results(results=results)
+        throttled = {
+            item.pk: result
+            for item, result, _ in results
+            if result.throttled and configured_rate(self.provider_rates, item.provider_group)
+        }
+        statuses = items_record_results(results=results, throttled=throttled)
         self.settled += len(results)
         for (item, _, _), status in zip(results, statuses, strict=True):
-            self._count(item.campaign_id, ok=status == S.SENT)
+            if item.pk not in throttled:  # a pace to slow down to, not a campaign's error
+                self._count(item.campaign_id, ok=status == S.SENT)
+        self._slow_down(results, throttled)
+
+    def _slow_down(
+        self,
+        results: list[tuple[CampaignItem, SendResult, datetime]],
+        throttled: dict[int, SendResult],
+    ) -> None:
+        """Each provider that refused messages as sent too fast gets slower."""
+        replies = {
+            item.provider_group: throttled[item.pk]
+            for item, _, _ in results
+            if item.pk in throttled
+        }
+        for group, result in replies.items():
+            provider_throttle_record(
+                dispatcher=self.dispatcher,
+                group=group,
+                reply=f"{result.code} {result.text}",
+                claimed_at=self.batch.created_at,
+            )
 
     def _write_skips(self) -> None:
         for reason, items in self.skipped.items():

@@ -44,6 +44,14 @@ def result_from_reply(code: int, text: str) -> SendResult:
     return SendResult(outcome, code, text, enhanced=enhanced)
 
 
+def lost_at_421(code: int, text: str) -> ConnectionLost:
+    """The server closed the session (421). When it says it did so because
+    of the pace, that is this message's verdict; otherwise the session is
+    simply gone."""
+    result = result_from_reply(code, text)
+    return ConnectionLost(f"{code} {text}", result=result if result.throttled else None)
+
+
 class SmtpTransport(Transport):
     def __init__(self, *, server: SmtpServer) -> None:
         self.server = server
@@ -117,7 +125,7 @@ class SmtpTransport(Transport):
                 refusal = envelope[2]
             if refusal is not None:
                 if refusal[0] == 421:
-                    raise ConnectionLost(f"{refusal[0]} {refusal[1]}")
+                    raise lost_at_421(*refusal)
                 if envelope[2][0] == 354:  # a server that took DATA anyway: end it empty
                     transport.write(b".\r\n")
                     await replies.next(timeout)
@@ -131,7 +139,7 @@ class SmtpTransport(Transport):
             except (TimeoutError, OSError) as exc:
                 raise ConnectionLost(_describe(exc), maybe_delivered=True) from exc
             if code == 421:
-                raise ConnectionLost(f"{code} {text}")
+                raise lost_at_421(code, text)
             return result_from_reply(code, text)
         except (TimeoutError, OSError) as exc:
             raise ConnectionLost(_describe(exc)) from exc
@@ -162,11 +170,11 @@ async def sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, data: b
     except aiosmtplib.SMTPRecipientsRefused as exc:
         refused = exc.recipients[0]
         if refused.code == 421:
-            raise ConnectionLost(_describe(refused)) from exc
+            raise lost_at_421(refused.code, refused.message) from exc
         return result_from_reply(refused.code, refused.message)
     except aiosmtplib.SMTPResponseException as exc:
         if exc.code == 421:
-            raise ConnectionLost(_describe(exc)) from exc
+            raise lost_at_421(exc.code, exc.message) from exc
         return result_from_reply(exc.code, exc.message)
     except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
         raise ConnectionLost(_describe(exc), maybe_delivered=True) from exc
