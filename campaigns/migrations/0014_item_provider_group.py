@@ -5,20 +5,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('campaigns', '0013_provider_tracking_events'),
+        ("campaigns", "0013_provider_tracking_events"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='campaignitem',
-            name='provider_group',
-            field=models.CharField(blank=True, db_default='', default='', max_length=253),
+            model_name="campaignitem",
+            name="provider_group",
+            field=models.CharField(blank=True, db_default="", default="", max_length=253),
         ),
         migrations.AlterField(
-            model_name='batch',
-            name='created_at',
+            model_name="batch",
+            name="created_at",
             field=models.DateTimeField(default=django.utils.timezone.now),
         ),
     ]
