@@ -10,7 +10,9 @@ from collections import Counter
 from datetime import datetime, timedelta
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -19,7 +21,9 @@ from campaigns.models import Campaign, CampaignItem, Contact, ContactList, Subsc
 from dispatchers.mailbox_providers import mail_domains_resolve, mx_provider
 from dispatchers.models import (
     Dispatcher,
+    DispatcherPool,
     MailDomain,
+    PoolMember,
     ProviderRate,
     ProviderThrottle,
     ProviderUsage,
@@ -180,7 +184,7 @@ def test_a_provider_gets_no_more_than_its_rate_a_minute_while_others_flow() -> N
         make_audience(30, domain="gmail.com"),
         make_audience(30, name="Shop", domain="example.org"),
     )
-    now = timezone.now()
+    now = timezone.now().replace(second=10)  # the next claim falls in the same minute
 
     first = services.batch_claim(dispatcher_id=dispatcher.pk, now=now)
     assert Counter(first.campaignitem_set.values_list("provider_group", flat=True)) == {
@@ -196,6 +200,20 @@ def test_a_provider_gets_no_more_than_its_rate_a_minute_while_others_flow() -> N
     assert second.size == 10
     ledger = ProviderUsage.objects.filter(dispatcher=dispatcher, group="google")
     assert sorted(ledger.values_list("count", flat=True)) == [10, 10]
+
+
+def test_a_minute_left_with_only_held_back_items_is_not_walked_again() -> None:
+    dispatcher = with_rates(make_dispatcher(batch_size=100), google=10)
+    campaign_to(dispatcher, make_audience(30, domain="gmail.com"))
+    now = timezone.now()
+    assert services.batch_claim(dispatcher_id=dispatcher.pk, now=now).size == 10
+    assert services.batch_claim(dispatcher_id=dispatcher.pk, now=now) is None
+
+    with CaptureQueriesContext(connection) as queries:
+        assert services.batch_claim(dispatcher_id=dispatcher.pk, now=now) is None
+    item_table = CampaignItem._meta.db_table
+    assert not [q for q in queries if f'FROM "{item_table}"' in q["sql"]]
+    assert services.batch_claim(dispatcher_id=dispatcher.pk, now=now + timedelta(minutes=1))
 
 
 def test_each_other_domain_has_its_own_rate() -> None:
@@ -220,8 +238,6 @@ def test_concurrent_claimers_share_one_budget() -> None:
     claimed: list[int] = []
 
     def claimer() -> None:
-        from django.db import connection
-
         try:
             while (batch := services.batch_claim(dispatcher_id=dispatcher.pk, now=now)) is not None:
                 claimed.append(batch.size)
@@ -442,3 +458,26 @@ def test_a_dispatcher_added_in_the_admin_gets_the_default_rates(
         "apple": 100,
         "other": 60,
     }
+
+
+def test_the_pool_page_names_the_providers_slowing_a_member_down(
+    administrator_client: Client,
+) -> None:
+    member = with_rates(make_dispatcher(name="Mailer A"), google=40)
+    pool = DispatcherPool.objects.create(name="Main pool")
+    PoolMember.objects.create(pool=pool, dispatcher=member, priority=1)
+    provider_throttle_record(
+        dispatcher=member,
+        group="google",
+        reply="421 4.7.0 Try again later, closing connection.",
+        claimed_at=timezone.now(),
+    )
+
+    page = administrator_client.get(
+        reverse("admin:dispatchers_dispatcherpool_change", args=[pool.pk])
+    ).content.decode()
+
+    assert (
+        "Google (Gmail, Workspace): 20 of 40 a minute "
+        "(421 4.7.0 Try again later, closing connection.)" in page
+    )
