@@ -440,7 +440,7 @@ def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | N
             return None
         lease = timedelta(seconds=settings.HERALD_BATCH_LEASE_SECONDS)
         batch = Batch.objects.create(
-            dispatcher=dispatcher, lease_expires_at=now + lease, size=len(ids)
+            dispatcher=dispatcher, created_at=now, lease_expires_at=now + lease, size=len(ids)
         )
         CampaignItem.objects.filter(id__in=ids).update(status=S.CLAIMED, batch=batch)
         rate_spend(dispatcher=dispatcher, count=len(ids), now=now)
@@ -673,17 +673,20 @@ def _synchronous_commit(on: bool) -> None:
         cur.execute(f"SET synchronous_commit TO {'on' if on else 'off'}")
 
 
-def batch_send(*, batch_id: int) -> int:
-    """The outbound job for one batch. Returns how many items it settled."""
+def batch_send(*, batch_id: int, now: datetime | None = None) -> int:
+    """The outbound job for one batch. Returns how many items it settled.
+    ``now`` is the clock of the claims (a back-off starts from it)."""
     with advisory_lock(space=BATCHES, key=batch_id) as mine:
         if not mine:
             return 0  # another worker is sending this batch right now
         batch = Batch.objects.select_related("dispatcher__smtp_server").get(pk=batch_id)
         if batch.finished_at is not None:
             return 0  # a redelivered task for a batch already done
-        now = timezone.now()
+        started = now or timezone.now()
         lease = timedelta(seconds=settings.HERALD_BATCH_LEASE_SECONDS)
-        Batch.objects.filter(pk=batch_id).update(started_at=now, lease_expires_at=now + lease)
+        Batch.objects.filter(pk=batch_id).update(
+            started_at=started, lease_expires_at=started + lease
+        )
         runner: type[BatchRun] = _BatchRun
         if batch.dispatcher.type == Dispatcher.Type.SMS:
             from .sms import SmsBatchRun  # sms.py imports this module: late
@@ -695,7 +698,7 @@ def batch_send(*, batch_id: int) -> int:
             run.send_all()
         finally:
             _synchronous_commit(True)
-        run.close()
+        run.close(now=now)
         return run.settled
 
 
@@ -742,21 +745,21 @@ class BatchRun:
         else:
             self.errors[campaign_id] = self.errors.get(campaign_id, 0) + 1
 
-    def _stop(self, error: str) -> None:
+    def _stop(self, error: str, now: datetime) -> None:
         """Retrying cannot help: stop the dispatcher and say what to fix."""
-        dispatcher_stop(dispatcher=self.dispatcher, error=error)
+        dispatcher_stop(dispatcher=self.dispatcher, error=error, now=now)
 
-    def close(self) -> None:
+    def close(self, now: datetime | None = None) -> None:
         """Settle the batch: give back what was not sent, update health."""
-        now = timezone.now()
+        now = now or timezone.now()
         if CampaignItem.objects.filter(batch=self.batch, status=S.CLAIMED).exists():
             batch_release(batch=self.batch, now=now)
         else:
             Batch.objects.filter(pk=self.batch.pk, finished_at__isnull=True).update(finished_at=now)
         if self.lost is not None and self.lost.retry_pointless:
-            self._stop(str(self.lost))
+            self._stop(str(self.lost), now)
         elif self.lost is not None and self.settled == 0:
-            dispatcher_record_failure(dispatcher=self.dispatcher, error=str(self.lost))
+            dispatcher_record_failure(dispatcher=self.dispatcher, error=str(self.lost), now=now)
         elif self.settled:
             dispatcher_record_success(dispatcher=self.dispatcher)
         for campaign_id, errors in self.errors.items():
@@ -941,14 +944,16 @@ def batch_sending_campaigns(batch: Batch) -> set[int]:
 # --- health: dispatchers and campaigns that keep failing ---------------------
 
 
-def dispatcher_record_failure(*, dispatcher: Dispatcher, error: str) -> None:
+def dispatcher_record_failure(
+    *, dispatcher: Dispatcher, error: str, now: datetime | None = None
+) -> None:
     """A batch could not reach or log in to its server. Enough of those in a
     row pause the dispatcher, instead of burning through the audience."""
     Dispatcher.objects.filter(pk=dispatcher.pk).update(
         consecutive_failures=F("consecutive_failures") + 1, last_error=error[:500]
     )
     dispatcher.refresh_from_db(fields=["consecutive_failures", "is_enabled"])
-    if pool_member_fail(dispatcher=dispatcher, error=error):
+    if pool_member_fail(dispatcher=dispatcher, error=error, now=now):
         return  # out of rotation for a while; the pool's other members go on
     limit = settings.HERALD_DISPATCHER_MAX_FAILURES
     if dispatcher.is_enabled and dispatcher.consecutive_failures >= limit:
@@ -962,11 +967,11 @@ def dispatcher_record_failure(*, dispatcher: Dispatcher, error: str) -> None:
             )
 
 
-def dispatcher_stop(*, dispatcher: Dispatcher, error: str) -> None:
+def dispatcher_stop(*, dispatcher: Dispatcher, error: str, now: datetime | None = None) -> None:
     """Retrying cannot help (login rejected, server deactivated): pause at
     once and tell the administrators what to do."""
     reason = f"Stopped: {error}"
-    pool_member_record_failover(dispatcher=dispatcher, reason=reason)
+    pool_member_record_failover(dispatcher=dispatcher, reason=reason, now=now)
     if dispatcher_pause(dispatcher=dispatcher, reason=reason):
         notification_raise(
             key=f"dispatcher:{dispatcher.pk}:paused",
