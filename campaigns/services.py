@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Exists, F, Min, OuterRef, Q
+from django.db.models import Exists, F, Max, Min, OuterRef, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -410,8 +410,11 @@ def _within_task_limit(
     return left, wanted
 
 
-def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | None:
-    """Reserve budget and claim up to one batch of due items.
+def batch_claim(
+    *, dispatcher_id: int, now: datetime | None = None, most: int | None = None
+) -> Batch | None:
+    """Reserve budget and claim up to one batch of due items (at most
+    ``most``: a pool member's turn).
 
     The dispatcher row is locked for the transaction, so the rate check
     and the spend are one step for all workers together."""
@@ -429,7 +432,11 @@ def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | N
         open_batches = Batch.objects.filter(dispatcher=dispatcher, finished_at__isnull=True)
         if open_batches.count() >= MAX_OPEN_BATCHES:
             return None
-        wanted = min(dispatcher.batch_size, rate_budget(dispatcher=dispatcher, now=now))
+        wanted = min(
+            dispatcher.batch_size,
+            most or dispatcher.batch_size,
+            rate_budget(dispatcher=dispatcher, now=now),
+        )
         if wanted <= 0:
             return None
         campaigns = _campaigns_served(dispatcher)
@@ -463,10 +470,63 @@ def _campaigns_served(dispatcher: Dispatcher) -> list[int]:
 def batch_successor_claim(*, batch_id: int) -> Batch | None:
     """Claim the next batch for the dispatcher a finished batch belonged to,
     so a worker that has just freed up need not wait for the next
-    process-messages run: the limits hold as for any claim."""
+    process-messages run: the limits hold as for any claim, and a pool
+    member takes no more than its turn."""
     dispatcher_id = Batch.objects.filter(pk=batch_id).values_list("dispatcher_id", flat=True)
     first = dispatcher_id.first()
-    return batch_claim(dispatcher_id=first) if first is not None else None
+    if first is None:
+        return None
+    group = next((g for g in _claim_groups().values() if first in {m[0] for m in g}), [])
+    return batch_claim(dispatcher_id=first, most=_turns(group).get(first))
+
+
+Member = tuple[int, int, int]  # dispatcher id, weight, batch size
+
+
+def _claim_groups() -> dict[int, list[Member]]:
+    """Enabled dispatchers by priority; 0 holds those in no pool."""
+    rows = (
+        Dispatcher.objects.filter(is_enabled=True)
+        .annotate(
+            priority=Coalesce(Min("pool_memberships__priority"), 0),
+            weight=Coalesce(Max("pool_memberships__weight"), 1),
+        )
+        .order_by("priority", "pk")
+        .values_list("pk", "priority", "weight", "batch_size")
+    )
+    groups: dict[int, list[Member]] = {}
+    for pk, priority, weight, batch_size in rows:
+        groups.setdefault(priority, []).append((pk, weight if priority else 1, batch_size))
+    return groups
+
+
+def _turns(members: list[Member]) -> dict[int, int]:
+    """The most one claim of each member may take. Of equal weights, a whole
+    batch; of unequal ones, its weight times the group's unit (the largest
+    that fits every member's batch size), so the work splits by weight."""
+    if len({weight for _, weight, _ in members}) <= 1:
+        return {pk: size for pk, _, size in members}
+    unit = max(min(size // weight for _, weight, size in members), 1)
+    return {pk: weight * unit for pk, weight, _ in members}
+
+
+def _claim_group(members: list[Member], now: datetime) -> int:
+    """Claim for a group of equal priority until none has budget or work
+    left, the one furthest behind its share taking the next turn; the turns
+    are sized again among those left whenever one drops out."""
+    weights = {pk: weight for pk, weight, _ in members}
+    taken = dict.fromkeys(weights, 0)
+    turns = _turns(members)
+    claimed = 0
+    while turns:
+        dispatcher_id = min(turns, key=lambda pk: taken[pk] / weights[pk])
+        batch = batch_claim(dispatcher_id=dispatcher_id, now=now, most=turns[dispatcher_id])
+        if batch is None:
+            turns = _turns([m for m in members if m[0] in turns and m[0] != dispatcher_id])
+            continue
+        taken[dispatcher_id] += batch.size
+        claimed += batch.size
+    return claimed
 
 
 def messages_process(*, now: datetime | None = None) -> int:
@@ -475,16 +535,9 @@ def messages_process(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     claimed = batches_reclaim(now=now)
     # Pool members claim in order of priority, so the first ones spend
-    # their budget before the next are asked.
-    dispatchers = (
-        Dispatcher.objects.filter(is_enabled=True)
-        .annotate(priority=Coalesce(Min("pool_memberships__priority"), 0))
-        .order_by("priority", "pk")
-        .values_list("pk", flat=True)
-    )
-    for dispatcher_id in dispatchers:
-        while (batch := batch_claim(dispatcher_id=dispatcher_id, now=now)) is not None:
-            claimed += batch.size
+    # their budget before the next are asked; equals share by weight.
+    for _, members in sorted(_claim_groups().items()):
+        claimed += _claim_group(members, now)
     return claimed
 
 
