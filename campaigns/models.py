@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from dispatchers.models import Dispatcher, DispatcherPool
 from smtpservers.validators import validate_header_value
@@ -473,7 +474,9 @@ class Batch(models.Model):
     lease ran out (its worker died) is reclaimed by the next run."""
 
     dispatcher = models.ForeignKey(Dispatcher, on_delete=models.CASCADE, related_name="batches")
-    created_at = models.DateTimeField(auto_now_add=True)
+    # When the claim reserved its budget, on the claim's own clock: what is
+    # given back goes to that minute of the rate ledger, the one it was spent in.
+    created_at = models.DateTimeField(default=timezone.now)
     lease_expires_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Exists, F, Min, OuterRef, Q
+from django.db.models import Exists, F, Max, Min, OuterRef, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -374,8 +374,11 @@ def _within_task_limit(
     return left, wanted
 
 
-def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | None:
-    """Reserve budget and claim up to one batch of due items.
+def batch_claim(
+    *, dispatcher_id: int, now: datetime | None = None, most: int | None = None
+) -> Batch | None:
+    """Reserve budget and claim up to one batch of due items (at most
+    ``most``: a pool member's turn).
 
     The dispatcher row is locked for the transaction, so the rate check
     and the spend are one step for all workers together."""
@@ -393,7 +396,11 @@ def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | N
         open_batches = Batch.objects.filter(dispatcher=dispatcher, finished_at__isnull=True)
         if open_batches.count() >= MAX_OPEN_BATCHES:
             return None
-        wanted = min(dispatcher.batch_size, rate_budget(dispatcher=dispatcher, now=now))
+        wanted = min(
+            dispatcher.batch_size,
+            most or dispatcher.batch_size,
+            rate_budget(dispatcher=dispatcher, now=now),
+        )
         if wanted <= 0:
             return None
         campaigns = _campaigns_served(dispatcher)
@@ -404,7 +411,7 @@ def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | N
             return None
         lease = timedelta(seconds=settings.HERALD_BATCH_LEASE_SECONDS)
         batch = Batch.objects.create(
-            dispatcher=dispatcher, lease_expires_at=now + lease, size=len(ids)
+            dispatcher=dispatcher, created_at=now, lease_expires_at=now + lease, size=len(ids)
         )
         CampaignItem.objects.filter(id__in=ids).update(status=S.CLAIMED, batch=batch)
         rate_spend(dispatcher=dispatcher, count=len(ids), now=now)
@@ -427,10 +434,63 @@ def _campaigns_served(dispatcher: Dispatcher) -> list[int]:
 def batch_successor_claim(*, batch_id: int) -> Batch | None:
     """Claim the next batch for the dispatcher a finished batch belonged to,
     so a worker that has just freed up need not wait for the next
-    process-messages run: the limits hold as for any claim."""
+    process-messages run: the limits hold as for any claim, and a pool
+    member takes no more than its turn."""
     dispatcher_id = Batch.objects.filter(pk=batch_id).values_list("dispatcher_id", flat=True)
     first = dispatcher_id.first()
-    return batch_claim(dispatcher_id=first) if first is not None else None
+    if first is None:
+        return None
+    group = next((g for g in _claim_groups().values() if first in {m[0] for m in g}), [])
+    return batch_claim(dispatcher_id=first, most=_turns(group).get(first))
+
+
+Member = tuple[int, int, int]  # dispatcher id, weight, batch size
+
+
+def _claim_groups() -> dict[int, list[Member]]:
+    """Enabled dispatchers by priority; 0 holds those in no pool."""
+    rows = (
+        Dispatcher.objects.filter(is_enabled=True)
+        .annotate(
+            priority=Coalesce(Min("pool_memberships__priority"), 0),
+            weight=Coalesce(Max("pool_memberships__weight"), 1),
+        )
+        .order_by("priority", "pk")
+        .values_list("pk", "priority", "weight", "batch_size")
+    )
+    groups: dict[int, list[Member]] = {}
+    for pk, priority, weight, batch_size in rows:
+        groups.setdefault(priority, []).append((pk, weight if priority else 1, batch_size))
+    return groups
+
+
+def _turns(members: list[Member]) -> dict[int, int]:
+    """The most one claim of each member may take. Of equal weights, a whole
+    batch; of unequal ones, its weight times the group's unit (the largest
+    that fits every member's batch size), so the work splits by weight."""
+    if len({weight for _, weight, _ in members}) <= 1:
+        return {pk: size for pk, _, size in members}
+    unit = max(min(size // weight for _, weight, size in members), 1)
+    return {pk: weight * unit for pk, weight, _ in members}
+
+
+def _claim_group(members: list[Member], now: datetime) -> int:
+    """Claim for a group of equal priority until none has budget or work
+    left, the one furthest behind its share taking the next turn; the turns
+    are sized again among those left whenever one drops out."""
+    weights = {pk: weight for pk, weight, _ in members}
+    taken = dict.fromkeys(weights, 0)
+    turns = _turns(members)
+    claimed = 0
+    while turns:
+        dispatcher_id = min(turns, key=lambda pk: taken[pk] / weights[pk])
+        batch = batch_claim(dispatcher_id=dispatcher_id, now=now, most=turns[dispatcher_id])
+        if batch is None:
+            turns = _turns([m for m in members if m[0] in turns and m[0] != dispatcher_id])
+            continue
+        taken[dispatcher_id] += batch.size
+        claimed += batch.size
+    return claimed
 
 
 def messages_process(*, now: datetime | None = None) -> int:
@@ -439,16 +499,9 @@ def messages_process(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     claimed = batches_reclaim(now=now)
     # Pool members claim in order of priority, so the first ones spend
-    # their budget before the next are asked.
-    dispatchers = (
-        Dispatcher.objects.filter(is_enabled=True)
-        .annotate(priority=Coalesce(Min("pool_memberships__priority"), 0))
-        .order_by("priority", "pk")
-        .values_list("pk", flat=True)
-    )
-    for dispatcher_id in dispatchers:
-        while (batch := batch_claim(dispatcher_id=dispatcher_id, now=now)) is not None:
-            claimed += batch.size
+    # their budget before the next are asked; equals share by weight.
+    for _, members in sorted(_claim_groups().items()):
+        claimed += _claim_group(members, now)
     return claimed
 
 
@@ -654,17 +707,20 @@ def _synchronous_commit(on: bool) -> None:
         cur.execute(f"SET synchronous_commit TO {'on' if on else 'off'}")
 
 
-def batch_send(*, batch_id: int) -> int:
-    """The outbound job for one batch. Returns how many items it settled."""
+def batch_send(*, batch_id: int, now: datetime | None = None) -> int:
+    """The outbound job for one batch. Returns how many items it settled.
+    ``now`` is the clock of the claims (a back-off starts from it)."""
     with advisory_lock(space=BATCHES, key=batch_id) as mine:
         if not mine:
             return 0  # another worker is sending this batch right now
         batch = Batch.objects.select_related("dispatcher__smtp_server").get(pk=batch_id)
         if batch.finished_at is not None:
             return 0  # a redelivered task for a batch already done
-        now = timezone.now()
+        started = now or timezone.now()
         lease = timedelta(seconds=settings.HERALD_BATCH_LEASE_SECONDS)
-        Batch.objects.filter(pk=batch_id).update(started_at=now, lease_expires_at=now + lease)
+        Batch.objects.filter(pk=batch_id).update(
+            started_at=started, lease_expires_at=started + lease
+        )
         runner: type[BatchRun] = _BatchRun
         if batch.dispatcher.type == Dispatcher.Type.SMS:
             from .sms import SmsBatchRun  # sms.py imports this module: late
@@ -676,7 +732,7 @@ def batch_send(*, batch_id: int) -> int:
             run.send_all()
         finally:
             _synchronous_commit(True)
-        run.close()
+        run.close(now=now)
         return run.settled
 
 
@@ -723,21 +779,21 @@ class BatchRun:
         else:
             self.errors[campaign_id] = self.errors.get(campaign_id, 0) + 1
 
-    def _stop(self, error: str) -> None:
+    def _stop(self, error: str, now: datetime) -> None:
         """Retrying cannot help: stop the dispatcher and say what to fix."""
-        dispatcher_stop(dispatcher=self.dispatcher, error=error)
+        dispatcher_stop(dispatcher=self.dispatcher, error=error, now=now)
 
-    def close(self) -> None:
+    def close(self, now: datetime | None = None) -> None:
         """Settle the batch: give back what was not sent, update health."""
-        now = timezone.now()
+        now = now or timezone.now()
         if CampaignItem.objects.filter(batch=self.batch, status=S.CLAIMED).exists():
             batch_release(batch=self.batch, now=now)
         else:
             Batch.objects.filter(pk=self.batch.pk, finished_at__isnull=True).update(finished_at=now)
         if self.lost is not None and self.lost.retry_pointless:
-            self._stop(str(self.lost))
+            self._stop(str(self.lost), now)
         elif self.lost is not None and self.settled == 0:
-            dispatcher_record_failure(dispatcher=self.dispatcher, error=str(self.lost))
+            dispatcher_record_failure(dispatcher=self.dispatcher, error=str(self.lost), now=now)
         elif self.settled:
             dispatcher_record_success(dispatcher=self.dispatcher)
         for campaign_id, errors in self.errors.items():
@@ -922,14 +978,16 @@ def batch_sending_campaigns(batch: Batch) -> set[int]:
 # --- health: dispatchers and campaigns that keep failing ---------------------
 
 
-def dispatcher_record_failure(*, dispatcher: Dispatcher, error: str) -> None:
+def dispatcher_record_failure(
+    *, dispatcher: Dispatcher, error: str, now: datetime | None = None
+) -> None:
     """A batch could not reach or log in to its server. Enough of those in a
     row pause the dispatcher, instead of burning through the audience."""
     Dispatcher.objects.filter(pk=dispatcher.pk).update(
         consecutive_failures=F("consecutive_failures") + 1, last_error=error[:500]
     )
     dispatcher.refresh_from_db(fields=["consecutive_failures", "is_enabled"])
-    if pool_member_fail(dispatcher=dispatcher, error=error):
+    if pool_member_fail(dispatcher=dispatcher, error=error, now=now):
         return  # out of rotation for a while; the pool's other members go on
     limit = settings.HERALD_DISPATCHER_MAX_FAILURES
     if dispatcher.is_enabled and dispatcher.consecutive_failures >= limit:
@@ -943,11 +1001,11 @@ def dispatcher_record_failure(*, dispatcher: Dispatcher, error: str) -> None:
             )
 
 
-def dispatcher_stop(*, dispatcher: Dispatcher, error: str) -> None:
+def dispatcher_stop(*, dispatcher: Dispatcher, error: str, now: datetime | None = None) -> None:
     """Retrying cannot help (login rejected, server deactivated): pause at
     once and tell the administrators what to do."""
     reason = f"Stopped: {error}"
-    pool_member_record_failover(dispatcher=dispatcher, reason=reason)
+    pool_member_record_failover(dispatcher=dispatcher, reason=reason, now=now)
     if dispatcher_pause(dispatcher=dispatcher, reason=reason):
         notification_raise(
             key=f"dispatcher:{dispatcher.pk}:paused",

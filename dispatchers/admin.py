@@ -349,7 +349,7 @@ class DispatcherAdmin(admin.ModelAdmin):
 class PoolMemberInline(admin.TabularInline):
     model = PoolMember
     extra = 1
-    fields = ("dispatcher", "priority")
+    fields = ("dispatcher", "priority", "weight")
     autocomplete_fields = ()
 
 
@@ -370,12 +370,13 @@ class DispatcherPoolAdmin(admin.ModelAdmin):
             return "Shown once the pool is saved."
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td>"
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td>"
             '<td><span class="herald-badge herald-badge--{}">{}</span></td><td>{}</td></tr>',
             (
                 (
                     s.member.dispatcher.name,
                     s.member.priority,
+                    s.member.weight,
                     s.sent_last_hour,
                     s.member.dispatcher.messages_per_hour,
                     s.budget,
@@ -389,6 +390,7 @@ class DispatcherPoolAdmin(admin.ModelAdmin):
         )
         return format_html(
             '<table class="herald-table"><thead><tr><th>Dispatcher</th><th>Priority</th>'
+            "<th>Weight</th>"
             "<th>Sent last hour / limit</th><th>Budget left</th><th>Share</th>"
             "<th>Health</th><th>Last failover</th></tr></thead><tbody>{}</tbody></table>",
             rows,

@@ -523,8 +523,9 @@ class Dispatcher(models.Model):
 
 class DispatcherPool(models.Model):
     """Several dispatchers of one type that a campaign sends through
-    together: each member spends its own limits, in order of priority, and
-    a member that fails is taken out of rotation while the others go on."""
+    together: each member spends its own limits, in order of priority (by
+    weight among equals), and a member that fails is taken out of rotation
+    while the others go on."""
 
     name = models.CharField("pool name", max_length=100, unique=True)
     type = models.CharField(
@@ -549,6 +550,12 @@ class PoolMember(models.Model):
         default=1,
         validators=[MinValueValidator(1)],
         help_text="1 is spent first; members of equal priority share the work.",
+    )
+    weight = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Among members of equal priority, each takes work in proportion to its "
+        "weight (3 takes three times as much as 1), each within its own limits.",
     )
     last_failover_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_failover_reason = models.CharField(max_length=500, blank=True, editable=False)

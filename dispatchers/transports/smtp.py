@@ -209,21 +209,34 @@ class SmtpTransport(Transport):
 async def sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes) -> SendResult:
     """One message on an open session. Raises ConnectionLost when the
     session is gone (421 or a drop); ``maybe_delivered`` says whether the
-    server may already have taken the message."""
+    server may already have taken the message: only once DATA has begun.
+    A session that ends before (a server that closed it after the last
+    message, or went down) cannot have taken this one."""
     try:
-        errors, reply = await client.sendmail(sender, [recipient], data)
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        refused = exc.recipients[0]
-        if refused.code == 421:
-            raise ConnectionLost(_describe(refused)) from exc
-        return result_from_reply(refused.code, refused.message)
+        await client.mail(sender)
+        await client.rcpt(recipient)
     except aiosmtplib.SMTPResponseException as exc:
-        if exc.code == 421:
-            raise ConnectionLost(_describe(exc)) from exc
-        return result_from_reply(exc.code, exc.message)
+        return await _refused(client, exc)
+    except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+        raise ConnectionLost(_describe(exc)) from exc
+    try:
+        reply = await client.data(data)
+    except aiosmtplib.SMTPResponseException as exc:
+        return await _refused(client, exc)
     except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
         raise ConnectionLost(_describe(exc), maybe_delivered=True) from exc
-    return result_from_reply(250, reply)
+    return result_from_reply(reply.code, reply.message)
+
+
+async def _refused(client: aiosmtplib.SMTP, exc: aiosmtplib.SMTPResponseException) -> SendResult:
+    """The server's answer to this message; the session is ready for the next."""
+    if exc.code == 421:
+        raise ConnectionLost(_describe(exc)) from exc
+    try:
+        await client.rset()
+    except (TimeoutError, aiosmtplib.SMTPException, OSError):
+        pass  # the session is gone: the next message finds out, before its DATA
+    return result_from_reply(exc.code, exc.message)
 
 
 class _Replies(asyncio.Protocol):
