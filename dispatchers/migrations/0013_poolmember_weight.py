@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("dispatchers", "0011_sending_options"),
+        ("dispatchers", "0012_esp_webhook_signing"),
     ]
 
     operations = [

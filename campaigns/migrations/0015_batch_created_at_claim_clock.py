@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("campaigns", "0013_provider_tracking_events"),
+        ("campaigns", "0014_subscription_opt_out_segment_engagement"),
     ]
 
     operations = [
