@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from campaigns.audience import segment_rules_check
@@ -18,6 +19,7 @@ from campaigns.models import (
     Contact,
     ContactList,
     Segment,
+    Subscription,
     Suppression,
     Template,
 )
@@ -42,9 +44,31 @@ def _import_rule(field: str, value: str) -> dict[str, Any]:
         raise serializers.ValidationError(str(exc)) from None
 
 
+class SubscriptionSerializer(serializers.ModelSerializer):
+    subscribed_at = serializers.DateTimeField(source="created_at", read_only=True)
+    unsubscribed_via = serializers.CharField(
+        read_only=True,
+        help_text="How they left: " + ", ".join(Subscription.Via.values) + "; empty while "
+        "subscribed.",
+    )
+
+    class Meta:
+        model = Subscription
+        fields = ["list", "subscribed_at", "source", "unsubscribed_at", "unsubscribed_via"]
+        extra_kwargs = {"list": {"source": "contact_list_id"}}
+        read_only_fields = fields
+
+
 class ContactSerializer(serializers.ModelSerializer):
     email = LowercaseEmailField(max_length=254)
-    lists = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    # The lists the contact is subscribed to now; "subscriptions" has every
+    # list they joined, with when and how, and when and how they left.
+    lists = serializers.SerializerMethodField()
+    subscriptions = SubscriptionSerializer(source="subscription_set", many=True, read_only=True)
+
+    @extend_schema_field(serializers.ListField(child=serializers.IntegerField()))
+    def get_lists(self, contact: Contact) -> list[int]:
+        return [s.contact_list_id for s in contact.subscription_set.all() if s.is_subscribed]
 
     class Meta:
         model = Contact
@@ -60,6 +84,7 @@ class ContactSerializer(serializers.ModelSerializer):
             "status",
             "source",
             "lists",
+            "subscriptions",
             "created_at",
             "updated_at",
         ]
@@ -130,6 +155,9 @@ class BulkResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
     updated = serializers.IntegerField()
     rejected = serializers.IntegerField()
+    kept_unsubscribed = serializers.IntegerField(
+        help_text="Contacts who had unsubscribed from the list: updated, not re-added to it."
+    )
     results = RowResultSerializer(many=True)
 
 
@@ -138,6 +166,13 @@ class ListsSerializer(serializers.Serializer):
         queryset=ContactList.objects.all(), many=True, allow_empty=False
     )
     source = serializers.CharField(max_length=100, required=False, default="api")
+    resubscribe = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Subscribe: put back a contact who unsubscribed from one of the lists. "
+        "Only with their new consent (record how in source); without it such a request is "
+        "refused (409).",
+    )
 
 
 class ContactListSerializer(serializers.ModelSerializer):
@@ -158,6 +193,7 @@ class SegmentSerializer(serializers.ModelSerializer):
             "lists",
             "not_lists",
             "conditions",
+            "engagement",
             "created_at",
             "updated_at",
         ]
@@ -167,11 +203,13 @@ class SegmentSerializer(serializers.ModelSerializer):
         # The rules the filter can apply, as the admin form checks them.
         try:
             segment_rules_check(
-                statuses=attrs.get("statuses", getattr(self.instance, "statuses", [])),
-                conditions=attrs.get("conditions", getattr(self.instance, "conditions", [])),
+                **{
+                    name: attrs.get(name, getattr(self.instance, name, []))
+                    for name in ("statuses", "conditions", "engagement")
+                }
             )
         except DjangoValidationError as exc:
-            raise serializers.ValidationError({"conditions": exc.messages}) from None
+            raise serializers.ValidationError(exc.message_dict) from None
         return attrs
 
 
@@ -256,6 +294,7 @@ class CampaignSerializer(serializers.ModelSerializer):
             "segments",
             "exclude_lists",
             "exclude_segments",
+            "only_segment",
             "dispatcher",
             "pool",
             "status",

@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
 from campaigns.imports import RowRejected, contact_row_clean, contacts_write
 from campaigns.models import Contact, ContactList, Subscription
+from campaigns.preferences import subscriptions_leave, subscriptions_rejoin
 
 from .models import ApiToken
 
@@ -100,10 +102,11 @@ def _row_values(row: Any) -> tuple[dict[str, str], dict[str, Any]]:
 
 def contacts_upsert(
     *, rows: list[Any], contact_list: ContactList | None, source: str
-) -> list[RowResult]:
+) -> tuple[list[RowResult], int]:
     """Create or update contacts by address, checked by the rules of the CSV
     import and written by its set-based upsert; one result per row, in
-    order. A blank field leaves what is stored; attributes are merged."""
+    order. A blank field leaves what is stored; attributes are merged.
+    Also returns how many had unsubscribed from the list: not re-added."""
     results: list[RowResult] = []
     good: list[dict[str, Any]] = []
     first_index: dict[str, int] = {}
@@ -126,9 +129,10 @@ def contacts_upsert(
     emails = [r["key"] for r in good]
     with transaction.atomic():
         existing = set(Contact.objects.filter(email__in=emails).values_list("email", flat=True))
+        kept_unsubscribed = 0
         if good:
             with connection.cursor() as cursor:
-                contacts_write(
+                *_, kept_unsubscribed = contacts_write(
                     cursor=cursor,
                     rows=good,
                     source=source,
@@ -138,22 +142,47 @@ def contacts_upsert(
     for result in results:
         if result.status == "pending":
             result.status = "updated" if by_index[result.index] in existing else "created"
-    return results
+    return results, kept_unsubscribed
 
 
 def contact_subscribe(
-    *, contact: Contact, lists: Iterable[ContactList], source: str
+    *, contact: Contact, lists: Iterable[ContactList], source: str, resubscribe: bool = False
 ) -> list[ContactList]:
-    """Subscribe to each list; returns the lists it was not already on."""
-    added = []
-    for contact_list in lists:
-        _, created = Subscription.objects.get_or_create(
-            contact=contact, contact_list=contact_list, defaults={"source": source}
+    """Subscribe to each list; returns the lists it was not already on.
+
+    A contact who left one of the lists is put back only when the caller
+    says they consented again (``resubscribe``), recorded with ``source``;
+    otherwise nothing changes and the refusal names the lists."""
+    lists = list(lists)
+    left = Subscription.objects.filter(
+        contact=contact, contact_list__in=lists, unsubscribed_at__isnull=False
+    ).select_related("contact_list")
+    if left and not resubscribe:
+        names = "; ".join(
+            f"{row.contact_list} on {row.unsubscribed_at:%Y-%m-%d} "
+            f"({row.get_unsubscribed_via_display() or 'unknown'})"
+            for row in left
         )
-        if created:
-            added.append(contact_list)
+        raise ValidationError(
+            f"{contact.email} unsubscribed from {names}. Herald does not put them back "
+            'without new consent: if they gave it, send "resubscribe": true.',
+            code="unsubscribed",
+        )
+    added = []
+    rejoining = {row.contact_list_id for row in left}
+    with transaction.atomic():
+        subscriptions_rejoin(contact=contact, list_ids=sorted(rejoining), source=source)
+        for contact_list in lists:
+            _, created = Subscription.objects.get_or_create(
+                contact=contact, contact_list=contact_list, defaults={"source": source}
+            )
+            if created or contact_list.pk in rejoining:
+                added.append(contact_list)
     return added
 
 
-def contact_lists_leave(*, contact: Contact, lists: Iterable[ContactList]) -> int:
-    return Subscription.objects.filter(contact=contact, contact_list__in=list(lists)).delete()[0]
+def contact_lists_leave(*, contact: Contact, lists: Iterable[ContactList]) -> list[str]:
+    """Unsubscribe from the lists, keeping the record of it."""
+    return subscriptions_leave(
+        contact=contact, list_ids=[cl.pk for cl in lists], via=Subscription.Via.API
+    )

@@ -70,7 +70,7 @@ class ContactFilter(serializers.Serializer):
     )
 )
 class ContactViewSet(AdminModelViewSet):
-    queryset = Contact.objects.prefetch_related("lists")
+    queryset = Contact.objects.prefetch_related("subscription_set")
     serializer_class = s.ContactSerializer
     action_permissions = {
         "bulk": ["campaigns.add_contact", "campaigns.change_contact"],
@@ -88,7 +88,10 @@ class ContactViewSet(AdminModelViewSet):
         if "status" in given:
             queryset = queryset.filter(status=given["status"])
         if "list" in given:
-            queryset = queryset.filter(subscription__contact_list_id=given["list"])
+            queryset = queryset.filter(
+                subscription__contact_list_id=given["list"],
+                subscription__unsubscribed_at__isnull=True,
+            )
         if "email" in given:
             queryset = queryset.filter(email=given["email"].strip().lower())
         return queryset
@@ -97,19 +100,24 @@ class ContactViewSet(AdminModelViewSet):
     @action(detail=False, methods=["post"])
     def bulk(self, request: Request) -> Response:
         """Create or update up to 10,000 contacts by address; one result per
-        row. With `list`, the contacts are also subscribed to it."""
+        row. With `list`, the contacts are also subscribed to it, except
+        those who had unsubscribed from it (counted in kept_unsubscribed)."""
         payload = s.BulkUpsertSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         contact_list = payload.validated_data.get("list")
         if contact_list is not None and not request.user.has_perm("campaigns.add_subscription"):
             self.permission_denied(request, "Subscribing needs the add subscription permission.")
-        results = contacts_upsert(
+        results, kept_unsubscribed = contacts_upsert(
             rows=payload.validated_data["contacts"],
             contact_list=contact_list,
             source=payload.validated_data["source"],
         )
         counts = {key: sum(r.status == key for r in results) for key in s.BULK_STATUSES}
-        body = {**counts, "results": [r.__dict__ for r in results]}
+        body = {
+            **counts,
+            "kept_unsubscribed": kept_unsubscribed,
+            "results": [r.__dict__ for r in results],
+        }
         return Response(body, status=status.HTTP_200_OK)
 
     @extend_schema(request=s.ListsSerializer, responses=s.ContactSerializer)
@@ -118,11 +126,15 @@ class ContactViewSet(AdminModelViewSet):
         contact = self.get_object()
         payload = s.ListsSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        contact_subscribe(
-            contact=contact,
-            lists=payload.validated_data["lists"],
-            source=payload.validated_data["source"],
-        )
+        try:
+            contact_subscribe(
+                contact=contact,
+                lists=payload.validated_data["lists"],
+                source=payload.validated_data["source"],
+                resubscribe=payload.validated_data["resubscribe"],
+            )
+        except DjangoValidationError as exc:
+            raise Conflict(exc.messages[0]) from None
         return Response(s.ContactSerializer(self.get_object()).data)
 
     @extend_schema(request=s.ListsSerializer, responses=s.ContactSerializer)

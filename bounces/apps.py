@@ -13,7 +13,8 @@ class BouncesConfig(AppConfig):
 
 
 def _tracking_received(sender: Any, event: Any, esp_name: str, **kwargs: Any) -> None:
-    # anymail hands every verified provider event to this signal.
+    # anymail hands every verified provider event to this signal; "Amazon SES"
+    # becomes amazon_ses, the code of dispatchers/providers.py.
     from .services import esp_event_record
 
-    esp_event_record(provider=esp_name.lower(), event=event)
+    esp_event_record(provider=esp_name.lower().replace(" ", "_"), event=event)

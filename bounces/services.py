@@ -353,8 +353,41 @@ def _esp_kind(event: AnymailTrackingEvent) -> str:
         return Kind.COMPLAINT
     if event.event_type == "unsubscribed" or event.reject_reason in _ESP_UNSUBSCRIBE_REASONS:
         return Kind.UNSUBSCRIBE
-    soft = event.reject_reason == "timed_out" or raw.get("Type") == "SoftBounce"
-    return Kind.SOFT if soft else Kind.HARD
+    return Kind.SOFT if _esp_soft(event.reject_reason, raw) else Kind.HARD
+
+
+def _dict(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+# SparkPost's bounce classes for temporary failures (DNS, mailbox full, too
+# large, timeout, transient).
+_SPARKPOST_SOFT = {"20", "21", "22", "23", "24", "70"}
+
+
+def _esp_soft(reject_reason: str | None, raw: dict) -> bool:
+    """A temporary failure reported as a bounce, in each provider's words."""
+    data = _dict(raw.get("data"))
+    sparkpost = _dict(_dict(raw.get("msys")).get("message_event"))
+    return (
+        reject_reason == "timed_out"
+        or raw.get("Type") == "SoftBounce"  # Postmark
+        or raw.get("event") == "soft_bounce"  # Brevo, Mandrill
+        or raw.get("type") == "blocked"  # SendGrid
+        or raw.get("hard_bounce") is False  # Mailjet
+        or _dict(raw.get("bounce")).get("bounceType") == "Transient"  # Amazon SES
+        or _dict(data.get("bounce")).get("type") == "Transient"  # Resend
+        or data.get("type") == "soft_bounced"  # MailerSend
+        or str(sparkpost.get("bounce_class")) in _SPARKPOST_SOFT
+    )
+
+
+def _esp_event_type(provider: str, event: AnymailTrackingEvent) -> str:
+    # Postal reports the receiving server's permanent refusal as a failed
+    # delivery (HardFail), which anymail keeps apart from bounces.
+    if provider == "postal" and event.event_type == "failed":
+        return "bounced"
+    return str(event.event_type)
 
 
 def _esp_event_id(provider: str, event: AnymailTrackingEvent) -> str:
@@ -375,7 +408,7 @@ def _esp_match(event: AnymailTrackingEvent) -> Match:
     """The item an event is about: Herald's Message-ID (<token@...>), then
     the provider's message id recorded at send, then the address."""
     items = CampaignItem.objects.select_related("contact")
-    message_id = (event.message_id or "").strip()
+    message_id = str(event.message_id or "").strip()  # Postal and Mailjet: numbers
     local = message_id.strip("<>").partition("@")[0].lower()
     if _TOKEN.match(local) and (item := items.filter(token=local).first()):
         return Match(item, item.contact, "message-id")
@@ -414,7 +447,8 @@ def esp_event_record(*, provider: str, event: AnymailTrackingEvent) -> Bounce | 
     if event.event_type in _ESP_ENGAGEMENT:
         _esp_engagement(provider, event)
         return None
-    if event.event_type not in _ESP_RECORDED:
+    event_type = _esp_event_type(provider, event)
+    if event_type not in _ESP_RECORDED:
         return None
     kind = _esp_kind(event)
     match = _esp_match(event)
@@ -426,7 +460,7 @@ def esp_event_record(*, provider: str, event: AnymailTrackingEvent) -> Bounce | 
                 kind=kind,
                 recipient=(event.recipient or "")[:254],
                 status_code=_status_code(event.mta_response or ""),
-                action=event.event_type[:16],
+                action=event_type[:16],
                 diagnostic="\n".join(
                     part for part in (event.description, event.mta_response) if part
                 ),

@@ -4,7 +4,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.template.loader import render_to_string
@@ -29,20 +29,66 @@ from .models import (
     Suppression,
     Template,
 )
+from .preferences import subscriptions_leave
 from .selectors import attach_counts, campaign_progress, campaigns_with_counts
 
 
+class SubscriptionFormSet(forms.BaseInlineFormSet):
+    def delete_existing(self, obj: Subscription, commit: bool = True) -> None:
+        # Removing a contact from a list records that they left it, so an
+        # import or the API cannot silently put them back.
+        if commit and obj.is_subscribed:
+            subscriptions_leave(
+                contact=obj.contact, list_ids=[obj.contact_list_id], via=Subscription.Via.ADMIN
+            )
+
+
 class SubscriptionInline(admin.TabularInline):
+    """The contact's lists, each with its consent record and, for a list
+    they left, when and how. Leaving and coming back are the contact's
+    own acts (the manage-subscriptions page) or the API's, never an edit
+    here, so the record cannot be rewritten by hand."""
+
     model = Subscription
+    formset = SubscriptionFormSet
     extra = 0
     autocomplete_fields = ("contact_list",)
-    readonly_fields = ("created_at",)
+    fields = ("contact_list", "list_status", "created_at", "source")
+    readonly_fields = ("list_status", "created_at")
+    verbose_name_plural = "lists (ticking “delete” unsubscribes, keeping the record)"
+
+    @admin.display(description="status")
+    def list_status(self, obj: Subscription) -> str:
+        if obj.pk is None:
+            return ""
+        if obj.is_subscribed:
+            return "Subscribed"
+        how = obj.get_unsubscribed_via_display() or "unknown"
+        return f"Unsubscribed on {obj.unsubscribed_at:%Y-%m-%d %H:%M} ({how})"
+
+
+class SubscribedListFilter(admin.SimpleListFilter):
+    """Contacts subscribed to a list now (not those who left it)."""
+
+    title = "subscribed to list"
+    parameter_name = "list"
+
+    def lookups(self, request, model_admin):  # type: ignore[no-untyped-def]
+        return list(ContactList.objects.values_list("pk", "name"))
+
+    def queryset(self, request, queryset):  # type: ignore[no-untyped-def]
+        if not (self.value() or "").isdigit():
+            return queryset
+        on_list = Subscription.objects.filter(
+            contact_id=OuterRef("pk"), contact_list_id=int(self.value()), unsubscribed_at=None
+        )
+        return queryset.filter(Exists(on_list))
 
 
 @admin.register(Contact)
 class ContactAdmin(admin.ModelAdmin):
     list_display = ("email", "first_name", "last_name", "status", "created_at")
-    list_filter = ("status", "lists")
+    list_filter = ("status", SubscribedListFilter)
     search_fields = ("email", "first_name", "last_name")
     inlines = (SubscriptionInline,)
     change_list_template = "campaigns/import_changelist.html"
@@ -54,7 +100,7 @@ class ContactAdmin(admin.ModelAdmin):
         if request.user.has_perm("campaigns.view_contact"):
             # The export follows the list and status filters of the page.
             query = {
-                "list": request.GET.get("lists__id__exact", ""),
+                "list": request.GET.get("list", ""),
                 "status": request.GET.get("status__exact", ""),
             }
             query = {k: v for k, v in query.items() if v}
@@ -66,8 +112,27 @@ class ContactAdmin(admin.ModelAdmin):
 
 @admin.register(ContactList)
 class ContactListAdmin(admin.ModelAdmin):
-    list_display = ("name", "description", "created_at")
+    list_display = ("name", "description", "subscribers", "unsubscribed", "created_at")
     search_fields = ("name",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ContactList]:
+        left = Q(subscription__unsubscribed_at__isnull=False)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                subscriber_count=Count("subscription", filter=~left),
+                unsubscribed_count=Count("subscription", filter=left),
+            )
+        )
+
+    @admin.display(description="subscribers", ordering="subscriber_count")
+    def subscribers(self, obj: ContactList) -> int:
+        return obj.subscriber_count  # type: ignore[attr-defined]
+
+    @admin.display(description="unsubscribed", ordering="unsubscribed_count")
+    def unsubscribed(self, obj: ContactList) -> int:
+        return obj.unsubscribed_count  # type: ignore[attr-defined]
 
 
 @admin.register(Suppression)
@@ -108,7 +173,15 @@ class SegmentForm(forms.ModelForm):
 
     class Meta:
         model = Segment
-        fields = ("name", "description", "statuses", "lists", "not_lists", "conditions")
+        fields = (
+            "name",
+            "description",
+            "statuses",
+            "lists",
+            "not_lists",
+            "conditions",
+            "engagement",
+        )
 
 
 @admin.register(Segment)
@@ -118,7 +191,16 @@ class SegmentAdmin(admin.ModelAdmin):
     search_fields = ("name",)
     filter_horizontal = ("lists", "not_lists")
     readonly_fields = ("contacts_now",)
-    fields = ("name", "description", "contacts_now", "statuses", "lists", "not_lists", "conditions")
+    fields = (
+        "name",
+        "description",
+        "contacts_now",
+        "statuses",
+        "lists",
+        "not_lists",
+        "conditions",
+        "engagement",
+    )
 
     @admin.display(description="contacts now")
     def contacts_now(self, obj: Segment) -> str:
@@ -205,6 +287,7 @@ class CampaignAdmin(admin.ModelAdmin):
         "segments",
         "exclude_lists",
         "exclude_segments",
+        "only_segment",
         "dispatcher",
         "pool",
         "scheduled_at",

@@ -201,6 +201,7 @@ def import_progress(request: HttpRequest, pk: int) -> JsonResponse:
             "imported": job.imported,
             "created": job.created,
             "updated": job.updated,
+            "kept_unsubscribed": job.kept_unsubscribed,
             "rejected": job.rejected,
             "error": job.error,
         }
@@ -240,7 +241,9 @@ def contact_export(request: HttpRequest) -> StreamingHttpResponse:
     if list_id:
         if not list_id.isdigit():
             raise Http404("No such list.")
-        contacts = contacts.filter(lists__id=int(list_id))
+        contacts = contacts.filter(
+            subscription__contact_list_id=int(list_id), subscription__unsubscribed_at=None
+        )
     status = request.GET.get("status", "")
     if status:
         if status not in Contact.Status.values:

@@ -487,12 +487,18 @@ WHERE c.phone IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.phone, ''), c.phone)
 RETURNING xmax = 0
 """
 
+# A contact who left the list keeps their row, marked unsubscribed: the
+# conflict leaves it as it is (no import re-subscribes anybody), and the
+# statement counts them for the report.
 _SUBSCRIBE = """
-INSERT INTO campaigns_subscription (contact_id, contact_list_id, created_at, source)
-SELECT c.id, %(list)s, now(), %(source)s
-FROM campaigns_contact c
-WHERE c.email = ANY(%(email)s::text[])
-ON CONFLICT (contact_list_id, contact_id) DO NOTHING
+WITH named AS (SELECT c.id FROM campaigns_contact c WHERE c.email = ANY(%(email)s::text[])),
+added AS (
+    INSERT INTO campaigns_subscription (contact_id, contact_list_id, created_at, source)
+    SELECT id, %(list)s, now(), %(source)s FROM named
+    ON CONFLICT (contact_list_id, contact_id) DO NOTHING
+)
+SELECT count(*) FROM campaigns_subscription s JOIN named ON named.id = s.contact_id
+WHERE s.contact_list_id = %(list)s AND s.unsubscribed_at IS NOT NULL
 """
 
 _SUPPRESSIONS_UPSERT = """
@@ -507,10 +513,11 @@ RETURNING xmax = 0
 
 def contacts_write(
     *, cursor: Any, rows: list[dict[str, Any]], source: str, contact_list_id: int | None
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """Upsert cleaned contact rows (``contact_row_clean``'s output) in one
-    statement and subscribe them to the list; returns (created, updated).
-    The CSV import and the API's bulk upsert both write through it."""
+    statement and subscribe them to the list; returns (created, updated,
+    left the list before: not re-added). The CSV import and the API's
+    bulk upsert both write through it."""
     emails = [r["key"] for r in rows]
     cursor.execute(
         _CONTACTS_UPSERT,
@@ -527,19 +534,25 @@ def contacts_write(
         },
     )
     results = [inserted for (inserted,) in cursor.fetchall()]
+    kept_out = 0
     if contact_list_id:
         cursor.execute(_SUBSCRIBE, {"list": contact_list_id, "source": source, "email": emails})
+        (kept_out,) = cursor.fetchone()
     created = sum(results)
-    return created, len(results) - created
+    return created, len(results) - created, kept_out
 
 
-def _contacts_write(cursor: Any, job: ImportJob, rows: list[dict[str, Any]]) -> tuple[int, int]:
+def _contacts_write(
+    cursor: Any, job: ImportJob, rows: list[dict[str, Any]]
+) -> tuple[int, int, int]:
     return contacts_write(
         cursor=cursor, rows=rows, source=job.source, contact_list_id=job.contact_list_id
     )
 
 
-def _suppressions_write(cursor: Any, job: ImportJob, rows: list[dict[str, Any]]) -> tuple[int, int]:
+def _suppressions_write(
+    cursor: Any, job: ImportJob, rows: list[dict[str, Any]]
+) -> tuple[int, int, int]:
     cursor.execute(
         _SUPPRESSIONS_UPSERT,
         {
@@ -550,13 +563,14 @@ def _suppressions_write(cursor: Any, job: ImportJob, rows: list[dict[str, Any]])
     )
     results = [inserted for (inserted,) in cursor.fetchall()]
     created = sum(results)
-    return created, len(results) - created
+    return created, len(results) - created, 0
 
 
 @dataclass(frozen=True)
 class _Kind:
     clean: Callable[[dict[str, str], dict[str, str]], dict[str, Any]]
-    write: Callable[[Any, ImportJob, list[dict[str, Any]]], tuple[int, int]]
+    # Returns (created, updated, kept unsubscribed from the list).
+    write: Callable[[Any, ImportJob, list[dict[str, Any]]], tuple[int, int, int]]
 
 
 _KINDS = {
@@ -574,6 +588,7 @@ class _Counts:
     imported: int = 0
     created: int = 0
     updated: int = 0
+    kept_unsubscribed: int = 0
     rejected: int = 0
     rejections: list[tuple[int, str, list[str]]] = field(default_factory=list)
 
@@ -625,6 +640,7 @@ def import_run(*, job_id: int, chunk_rows: int = CHUNK_ROWS) -> ImportJob | None
         imported=0,
         created=0,
         updated=0,
+        kept_unsubscribed=0,
         rejected=0,
         error="",
     )
@@ -730,9 +746,10 @@ def _write_chunk(
             else:
                 rows.append(clean)
         if rows:
-            created, updated = kind.write(cursor, job, rows)
+            created, updated, kept_unsubscribed = kind.write(cursor, job, rows)
             counts.created += created
             counts.updated += updated
+            counts.kept_unsubscribed += kept_unsubscribed
             counts.imported += len(rows)
     counts.rejected += len(counts.rejections)
 
@@ -748,6 +765,7 @@ def _progress(job: ImportJob, counts: _Counts, position: int) -> None:
         imported=counts.imported,
         created=counts.created,
         updated=counts.updated,
+        kept_unsubscribed=counts.kept_unsubscribed,
         rejected=counts.rejected,
         heartbeat_at=timezone.now(),
     )

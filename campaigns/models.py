@@ -71,18 +71,46 @@ class ContactList(models.Model):
 
 
 class Subscription(models.Model):
+    """A contact on a list, and the record of their consent. Leaving the
+    list keeps the row, marked with when and how they left: an import or
+    an API call that names them again must not put them back on it
+    silently. Only a row with no ``unsubscribed_at`` is a subscription."""
+
+    class Via(models.TextChoices):
+        PREFERENCES = "preferences", "Manage subscriptions page"
+        API = "api", "API"
+        ADMIN = "admin", "Admin"
+
     contact = models.ForeignKey(Contact, on_delete=models.CASCADE)
     contact_list = models.ForeignKey(ContactList, on_delete=models.CASCADE, verbose_name="list")
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField("subscribed at", auto_now_add=True)
     source = models.CharField(max_length=100, blank=True, help_text="How and where consent came.")
+    unsubscribed_at = models.DateTimeField(null=True, blank=True)
+    # Database defaults too: the import and item generation write in SQL.
+    unsubscribed_via = models.CharField(
+        "unsubscribed through",
+        max_length=16,
+        choices=Via.choices,
+        blank=True,
+        default="",
+        db_default="",
+    )
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["contact_list", "contact"], name="subscription_unique")
         ]
+        indexes = [
+            # Autoresponders: who joined one of these lists since a time.
+            models.Index(fields=["contact_list", "created_at"], name="subscription_joined_idx")
+        ]
 
     def __str__(self) -> str:
         return f"{self.contact} on {self.contact_list}"
+
+    @property
+    def is_subscribed(self) -> bool:
+        return self.unsubscribed_at is None
 
 
 class Suppression(models.Model):
@@ -204,6 +232,19 @@ SEGMENT_OPERATORS = {
 }
 
 
+# Engagement rules of a segment: what the contact did with the campaigns
+# sent to them, read from their items (first human open and click, and
+# when it was sent). Each rule may name one campaign and a window in days.
+SEGMENT_ACTIVITIES = {
+    "opened": "opened",
+    "not_opened": "did not open",
+    "clicked": "clicked",
+    "not_clicked": "did not click",
+    "sent": "was sent",
+    "sent_not_opened": "was sent but did not open",
+}
+
+
 class Segment(models.Model):
     """A saved filter over contacts, evaluated when used (so its count and
     its members are always current). Every part given must hold."""
@@ -231,6 +272,17 @@ class Segment(models.Model):
         help_text='Custom attribute conditions, e.g. [{"attribute": "plan", "op": "equals", '
         '"value": "gold"}]. Operators: ' + ", ".join(SEGMENT_OPERATORS) + ".",
     )
+    engagement = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Engagement rules, e.g. [{"activity": "opened", "days": 30}] (opened any '
+        'campaign in the last 30 days), [{"activity": "clicked", "campaign": 12}] (clicked '
+        'campaign 12), [{"activity": "not_opened"}] (never opened), [{"activity": '
+        '"sent_not_opened", "days": 90}] (was sent at least one campaign in the last 90 days '
+        "but opened none of them). Activities: "
+        + ", ".join(f"{key} ({label})" for key, label in SEGMENT_ACTIVITIES.items())
+        + '. "campaign" and "days" are optional: without them, any campaign, ever.',
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -243,7 +295,9 @@ class Segment(models.Model):
     def clean(self) -> None:
         from .audience import segment_rules_check
 
-        segment_rules_check(statuses=self.statuses, conditions=self.conditions)
+        segment_rules_check(
+            statuses=self.statuses, conditions=self.conditions, engagement=self.engagement
+        )
 
 
 class Campaign(models.Model):
@@ -311,6 +365,17 @@ class Campaign(models.Model):
     )
     exclude_segments = models.ManyToManyField(
         Segment, related_name="excluded_from", blank=True, verbose_name="except segments"
+    )
+    only_segment = models.ForeignKey(
+        Segment,
+        verbose_name="only contacts in segment",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="limited_campaigns",
+        help_text="Optional: of everyone above, only the contacts this segment holds when "
+        "their item is made. An autoresponder that answers joining a list sends only to "
+        "those who join and are in the segment.",
     )
     dispatcher = models.ForeignKey(Dispatcher, on_delete=models.PROTECT, related_name="campaigns")
     pool = models.ForeignKey(
@@ -409,9 +474,8 @@ class Batch(models.Model):
     lease ran out (its worker died) is reclaimed by the next run."""
 
     dispatcher = models.ForeignKey(Dispatcher, on_delete=models.CASCADE, related_name="batches")
-    # When it was claimed: the minute its items were counted in the rate
-    # ledgers (given by the claim, so a refund or a provider's refusal is
-    # put against the same minute).
+    # When the claim reserved its budget, on the claim's own clock: what is
+    # given back goes to that minute of the rate ledger, the one it was spent in.
     created_at = models.DateTimeField(default=timezone.now)
     lease_expires_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
@@ -505,6 +569,19 @@ class CampaignItem(models.Model):
                 fields=["campaign", "contact"],
                 condition=Q(status__in=["failed", "bounced", "deferred", "skipped"]),
                 name="item_problem_idx",
+            ),
+            # Segments' engagement rules ("opened in the last 30 days"): a
+            # probe per contact, over the few items that were ever opened or
+            # clicked; "was sent" rules use the contact's own index.
+            models.Index(
+                fields=["contact", "opened_at"],
+                condition=Q(opened_at__isnull=False),
+                name="item_contact_opened_idx",
+            ),
+            models.Index(
+                fields=["contact", "clicked_at"],
+                condition=Q(clicked_at__isnull=False),
+                name="item_contact_clicked_idx",
             ),
         ]
 
@@ -614,6 +691,9 @@ class ImportJob(models.Model):
     imported = models.PositiveIntegerField(default=0)
     created = models.PositiveIntegerField(default=0)
     updated = models.PositiveIntegerField(default=0)
+    # Contacts of the file who had unsubscribed from the list: imported,
+    # but not put back on it.
+    kept_unsubscribed = models.PositiveIntegerField(default=0)
     rejected = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(

@@ -1,12 +1,13 @@
 """The manage-subscriptions page behind the footer link: a contact leaves
-some of their lists, or all mail, without logging in, through a link
-signed for them alone.
+some of their lists, comes back to one they left, or leaves all mail,
+without logging in, through a link signed for them alone.
 
-Leaving a list removes the subscription, so no campaign generates an
-item for it again, and skips the contact's waiting items of campaigns
-that now reach them through no list: the change holds before the next
-send. An item already claimed into a batch is checked at send time by
-``contacts_unsubscribed_from`` (see there).
+Leaving a list marks the subscription unsubscribed (when, and through
+this page), so no campaign generates an item for it again, and no import
+or API call silently puts them back; it also skips the contact's waiting
+items of campaigns that now reach them through no list: the change holds
+before the next send. An item already claimed into a batch is checked at
+send time (campaigns.services._batch_left_lists).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from django.conf import settings
 from django.core import signing
 from django.db import transaction
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from .models import Campaign, CampaignItem, Contact, ContactList, Subscription
@@ -68,15 +70,24 @@ def preferences_contact(*, signed: str) -> Contact | None:
     return Contact.objects.filter(pk=contact_id).first()
 
 
-def contact_lists(*, contact: Contact) -> list[ContactList]:
-    return list(ContactList.objects.filter(subscription__contact=contact).order_by("name"))
+def contact_lists(*, contact: Contact) -> list[tuple[ContactList, bool]]:
+    """The lists the contact is on or has left, each with whether they are
+    subscribed now: the page offers a way back to those they left."""
+    rows = (
+        Subscription.objects.filter(contact=contact)
+        .select_related("contact_list")
+        .order_by("contact_list__name")
+    )
+    return [(row.contact_list, row.is_subscribed) for row in rows]
 
 
 def _waiting_items_skip(contact: Contact) -> int:
     """Skip the contact's waiting items of campaigns none of whose lists
     still holds them. A claimed item is not touched (its batch is being
     sent); the conditional update leaves it alone even if claimed meanwhile."""
-    still_reached = Campaign.objects.filter(lists__subscription__contact=contact).values("pk")
+    still_reached = Campaign.objects.filter(
+        lists__subscription__contact=contact, lists__subscription__unsubscribed_at__isnull=True
+    ).values("pk")
     return (
         CampaignItem.objects.filter(contact=contact, status__in=_WAITING)
         .exclude(campaign_id__in=still_reached)
@@ -84,15 +95,48 @@ def _waiting_items_skip(contact: Contact) -> int:
     )
 
 
-def subscriptions_keep(*, contact: Contact, list_ids: set[int]) -> list[str]:
-    """Keep the contact on ``list_ids`` only (of the lists they are on);
-    returns the names of the lists they left."""
+def subscriptions_leave(*, contact: Contact, list_ids: list[int], via: str) -> list[str]:
+    """Mark the contact unsubscribed from those of ``list_ids`` they are on
+    (the row stays, as the record of their choice); returns the names of
+    the lists they left. Their waiting items that no list reaches any
+    more are skipped in the same transaction."""
     with transaction.atomic():
-        leaving = Subscription.objects.filter(contact=contact).exclude(contact_list_id__in=list_ids)
+        leaving = Subscription.objects.filter(
+            contact=contact, contact_list_id__in=list_ids, unsubscribed_at__isnull=True
+        )
         names = sorted(leaving.values_list("contact_list__name", flat=True))
-        leaving.delete()
+        leaving.update(unsubscribed_at=timezone.now(), unsubscribed_via=via)
         _waiting_items_skip(contact)
     return names
+
+
+def subscriptions_rejoin(*, contact: Contact, list_ids: list[int], source: str) -> list[str]:
+    """Subscribe the contact again to lists they had left: a new consent,
+    so it is dated now and its source recorded. Returns the list names."""
+    rejoining = Subscription.objects.filter(
+        contact=contact, contact_list_id__in=list_ids, unsubscribed_at__isnull=False
+    )
+    names = sorted(rejoining.values_list("contact_list__name", flat=True))
+    rejoining.update(
+        unsubscribed_at=None, unsubscribed_via="", created_at=timezone.now(), source=source
+    )
+    return names
+
+
+def subscriptions_keep(*, contact: Contact, list_ids: set[int]) -> tuple[list[str], list[str]]:
+    """The page's choice: subscribed to ``list_ids`` only, of the lists the
+    contact is on or has left. Returns (names left, names rejoined)."""
+    theirs = set(
+        Subscription.objects.filter(contact=contact).values_list("contact_list_id", flat=True)
+    )
+    with transaction.atomic():
+        left = subscriptions_leave(
+            contact=contact, list_ids=sorted(theirs - list_ids), via=Subscription.Via.PREFERENCES
+        )
+        rejoined = subscriptions_rejoin(
+            contact=contact, list_ids=sorted(theirs & list_ids), source="manage subscriptions page"
+        )
+    return left, rejoined
 
 
 def contact_unsubscribe_all(*, contact: Contact) -> None:
@@ -109,13 +153,10 @@ def contact_unsubscribe_all(*, contact: Contact) -> None:
 
 
 def contacts_unsubscribed_from(*, campaign_id: int, contact_ids: list[int]) -> set[int]:
-    """Of ``contact_ids``, those no list of the campaign holds any more.
-
-    The hook for send time: campaigns.services' batch send should skip
-    these (reason "unsubscribed") as it skips suppressed contacts, with
-    one query per batch, so that a contact who leaves a list while their
-    item is already claimed still gets nothing."""
+    """Of ``contact_ids``, those no list of the campaign holds any more."""
     still = Subscription.objects.filter(
-        contact_id__in=contact_ids, contact_list__campaigns=campaign_id
+        contact_id__in=contact_ids,
+        contact_list__campaigns=campaign_id,
+        unsubscribed_at__isnull=True,
     ).values_list("contact_id", flat=True)
     return set(contact_ids) - set(still)

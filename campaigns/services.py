@@ -15,13 +15,13 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Exists, F, Min, OuterRef, Q, QuerySet
+from django.db.models import Exists, F, Max, Min, OuterRef, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from dispatchers.mailbox_providers import known_provider_sql, mail_domains_resolve
 from dispatchers.models import Dispatcher, MailDomain, ProviderRate
-from dispatchers.pool import Completion, SendPool
+from dispatchers.pool import Completion, SendPool, send_pool_for
 from dispatchers.ratelimit import rate_budget, rate_refund, rate_spend, rate_usage_prune
 from dispatchers.services import dispatcher_pause, pool_member_fail, pool_member_record_failover
 from dispatchers.signing import signer_for
@@ -34,12 +34,12 @@ from dispatchers.throttle import (
     provider_usage_prune,
     provider_usage_spend,
 )
-from dispatchers.transports import ConnectionLost, Outcome, SendResult, transport_for
+from dispatchers.transports import ConnectionLost, Outcome, SendResult
 from dispatchers.transports.base import WireMessage
 from jobs.locks import BATCHES, advisory_lock
 from jobs.services import job_runs_prune, notification_raise, notification_resolve
 
-from .audience import audience_page_sql, campaign_has_rules
+from .audience import audience_page_sql, autoresponder_page_sql, campaign_has_rules
 from .messages import (
     MessageBuildError,
     MessageSkeleton,
@@ -129,6 +129,7 @@ def campaign_duplicate(*, campaign: Campaign, user: AbstractBaseUser) -> Campaig
             trigger=campaign.trigger,
             date_attribute=campaign.date_attribute,
             date_offset_days=campaign.date_offset_days,
+            only_segment=campaign.only_segment,
             template=campaign.template,
             dispatcher=campaign.dispatcher,
             created_by=user,
@@ -143,9 +144,11 @@ def campaign_duplicate(*, campaign: Campaign, user: AbstractBaseUser) -> Campaig
 # --- generate items ----------------------------------------------------------
 
 # The audience page differs between a campaign (everyone on its lists, by
-# contact id) and an autoresponder (new subscribers whose delay is over);
-# what happens to the page is shared: each contact gets an item, pending
-# or skipped with its reason, and a rerun inserts nothing twice.
+# contact id) and an autoresponder (contacts whose trigger is due,
+# campaigns/audience.py); what happens to the page is shared: each contact
+# gets an item, pending or skipped with its reason, and a rerun inserts
+# nothing twice. A subscription with unsubscribed_at is the record of
+# someone who left the list.
 _CAMPAIGN_PAGE = """
     SELECT c.id, c.email, c.status
     FROM {contact} c
@@ -153,39 +156,8 @@ _CAMPAIGN_PAGE = """
       AND EXISTS (
         SELECT 1 FROM {subscription} s
         JOIN {campaign_lists} cl ON cl.contactlist_id = s.contact_list_id
-        WHERE s.contact_id = c.id AND cl.campaign_id = %(campaign)s)
-    ORDER BY c.id
-    LIMIT %(size)s
-"""
-
-_AUTORESPONDER_PAGE = """
-    SELECT DISTINCT c.id, c.email, c.status
-    FROM {contact} c
-    JOIN {subscription} s ON s.contact_id = c.id
-    JOIN {campaign_lists} cl ON cl.contactlist_id = s.contact_list_id
-    WHERE cl.campaign_id = %(campaign)s
-      AND s.created_at >= %(since)s AND s.created_at <= %(due)s
-      AND NOT EXISTS (
-        SELECT 1 FROM {item} i WHERE i.campaign_id = %(campaign)s AND i.contact_id = c.id)
-    ORDER BY c.id
-    LIMIT %(size)s
-"""
-
-# A date trigger fires once per contact, on the day the attribute's date
-# plus the offset comes round, and only for days since the autoresponder
-# started: switching it on must not mail everyone whose date is past.
-# (Character classes, not \d{4}: this text goes through str.format.)
-_DATE_ATTRIBUTE_PAGE = """
-    SELECT DISTINCT c.id, c.email, c.status
-    FROM {contact} c
-    JOIN {subscription} s ON s.contact_id = c.id
-    JOIN {campaign_lists} cl ON cl.contactlist_id = s.contact_list_id
-    WHERE cl.campaign_id = %(campaign)s
-      AND (c.attributes ->> %(attribute)s) ~ '^[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]$'
-      AND herald_try_date(c.attributes ->> %(attribute)s) + %(offset)s::integer
-          BETWEEN %(since)s AND %(today)s
-      AND NOT EXISTS (
-        SELECT 1 FROM {item} i WHERE i.campaign_id = %(campaign)s AND i.contact_id = c.id)
+        WHERE s.contact_id = c.id AND cl.campaign_id = %(campaign)s
+          AND s.unsubscribed_at IS NULL)
     ORDER BY c.id
     LIMIT %(size)s
 """
@@ -259,13 +231,9 @@ def _items_insert(page: str, params: dict[str, object]) -> _Page:
         return _Page(*cur.fetchone())
 
 
-def _items_insert_audience(campaign: Campaign, page_size: int) -> _Page:
-    """A page of an audience with segments or exclusions (campaigns/audience.py
-    builds it, with positional parameters, so the rest of the statement
-    takes the campaign id positionally too)."""
-    page, params = audience_page_sql(
-        campaign=campaign, after=campaign.generated_through, size=page_size
-    )
+def _items_insert_query(campaign: Campaign, page: str, params: list[object]) -> _Page:
+    """A page built by campaigns/audience.py (with positional parameters, so
+    the rest of the statement takes the campaign id positionally too)."""
     # Name the columns whatever aliases the ORM chose for them.
     page = f"SELECT * FROM ({page}) AS a (id, email, status)"
     sql = _items_sql("__PAGE__").replace("%(campaign)s", "%s").replace("__PAGE__", page)
@@ -299,6 +267,14 @@ def items_group_by_mx(*, campaign_id: int, page: _Page) -> int:
     with connection.cursor() as cur:
         cur.execute(sql, [*params, campaign_id, page.first_item, page.last_item])
         return cur.rowcount
+
+
+def _items_insert_audience(campaign: Campaign, page_size: int) -> _Page:
+    """A page of an audience with segments or exclusions."""
+    page, params = audience_page_sql(
+        campaign=campaign, after=campaign.generated_through, size=page_size
+    )
+    return _items_insert_query(campaign, page, params)
 
 
 def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]:
@@ -371,7 +347,8 @@ def autoresponders_process(*, now: datetime | None = None, page_size: int | None
     """Create the items of autoresponders whose trigger is due: contacts who
     subscribed to one of the lists after the autoresponder started, once
     its delay has passed, or whose date attribute (plus the offset) has come
-    round since it started. Set-based, page by page, safe to run twice."""
+    round since it started; limited to its only-segment when it has one.
+    Set-based, page by page, safe to run twice."""
     now = now or timezone.now()
     page_size = page_size or settings.HERALD_ITEMS_PAGE_SIZE
     total = 0
@@ -379,29 +356,14 @@ def autoresponders_process(*, now: datetime | None = None, page_size: int | None
         kind=Campaign.Kind.AUTORESPONDER, status=Campaign.Status.SENDING
     )
     for campaign in autoresponders:
-        page, params = _autoresponder_page(campaign, now)
-        params.update(campaign=campaign.pk, size=page_size)
         while True:
-            found = _items_insert(page, params)
+            page, params = autoresponder_page_sql(campaign=campaign, now=now, size=page_size)
+            found = _items_insert_query(campaign, page, params)
             items_group_by_mx(campaign_id=campaign.pk, page=found)
             total += found.inserted
             if found.paged < page_size or not found.inserted:
                 break
     return total
-
-
-def _autoresponder_page(campaign: Campaign, now: datetime) -> tuple[str, dict[str, object]]:
-    if campaign.trigger == Campaign.Trigger.DATE_ATTRIBUTE:
-        return _DATE_ATTRIBUTE_PAGE, {
-            "attribute": campaign.date_attribute,
-            "offset": campaign.date_offset_days,
-            "since": campaign.started_at.date(),
-            "today": now.date(),
-        }
-    return _AUTORESPONDER_PAGE, {
-        "since": campaign.started_at,
-        "due": now - campaign.autoresponder_delay,
-    }
 
 
 # --- claim batches -----------------------------------------------------------
@@ -536,8 +498,11 @@ def _within_task_limit(
     return left, wanted
 
 
-def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | None:
-    """Reserve budget and claim up to one batch of due items.
+def batch_claim(
+    *, dispatcher_id: int, now: datetime | None = None, most: int | None = None
+) -> Batch | None:
+    """Reserve budget and claim up to one batch of due items (at most
+    ``most``: a pool member's turn).
 
     The dispatcher row is locked for the transaction, so the rate check
     and the spend are one step for all workers together."""
@@ -555,7 +520,11 @@ def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | N
         open_batches = Batch.objects.filter(dispatcher=dispatcher, finished_at__isnull=True)
         if open_batches.count() >= MAX_OPEN_BATCHES:
             return None
-        wanted = min(dispatcher.batch_size, rate_budget(dispatcher=dispatcher, now=now))
+        wanted = min(
+            dispatcher.batch_size,
+            most or dispatcher.batch_size,
+            rate_budget(dispatcher=dispatcher, now=now),
+        )
         if wanted <= 0:
             return None
         campaigns = _campaigns_served(dispatcher)
@@ -599,10 +568,63 @@ def _campaigns_served(dispatcher: Dispatcher) -> list[int]:
 def batch_successor_claim(*, batch_id: int) -> Batch | None:
     """Claim the next batch for the dispatcher a finished batch belonged to,
     so a worker that has just freed up need not wait for the next
-    process-messages run: the limits hold as for any claim."""
+    process-messages run: the limits hold as for any claim, and a pool
+    member takes no more than its turn."""
     dispatcher_id = Batch.objects.filter(pk=batch_id).values_list("dispatcher_id", flat=True)
     first = dispatcher_id.first()
-    return batch_claim(dispatcher_id=first) if first is not None else None
+    if first is None:
+        return None
+    group = next((g for g in _claim_groups().values() if first in {m[0] for m in g}), [])
+    return batch_claim(dispatcher_id=first, most=_turns(group).get(first))
+
+
+Member = tuple[int, int, int]  # dispatcher id, weight, batch size
+
+
+def _claim_groups() -> dict[int, list[Member]]:
+    """Enabled dispatchers by priority; 0 holds those in no pool."""
+    rows = (
+        Dispatcher.objects.filter(is_enabled=True)
+        .annotate(
+            priority=Coalesce(Min("pool_memberships__priority"), 0),
+            weight=Coalesce(Max("pool_memberships__weight"), 1),
+        )
+        .order_by("priority", "pk")
+        .values_list("pk", "priority", "weight", "batch_size")
+    )
+    groups: dict[int, list[Member]] = {}
+    for pk, priority, weight, batch_size in rows:
+        groups.setdefault(priority, []).append((pk, weight if priority else 1, batch_size))
+    return groups
+
+
+def _turns(members: list[Member]) -> dict[int, int]:
+    """The most one claim of each member may take. Of equal weights, a whole
+    batch; of unequal ones, its weight times the group's unit (the largest
+    that fits every member's batch size), so the work splits by weight."""
+    if len({weight for _, weight, _ in members}) <= 1:
+        return {pk: size for pk, _, size in members}
+    unit = max(min(size // weight for _, weight, size in members), 1)
+    return {pk: weight * unit for pk, weight, _ in members}
+
+
+def _claim_group(members: list[Member], now: datetime) -> int:
+    """Claim for a group of equal priority until none has budget or work
+    left, the one furthest behind its share taking the next turn; the turns
+    are sized again among those left whenever one drops out."""
+    weights = {pk: weight for pk, weight, _ in members}
+    taken = dict.fromkeys(weights, 0)
+    turns = _turns(members)
+    claimed = 0
+    while turns:
+        dispatcher_id = min(turns, key=lambda pk: taken[pk] / weights[pk])
+        batch = batch_claim(dispatcher_id=dispatcher_id, now=now, most=turns[dispatcher_id])
+        if batch is None:
+            turns = _turns([m for m in members if m[0] in turns and m[0] != dispatcher_id])
+            continue
+        taken[dispatcher_id] += batch.size
+        claimed += batch.size
+    return claimed
 
 
 def messages_process(*, now: datetime | None = None) -> int:
@@ -612,16 +634,9 @@ def messages_process(*, now: datetime | None = None) -> int:
     claimed = batches_reclaim(now=now)
     provider_usage_prune(now=now)  # one row per domain and minute: kept an hour only
     # Pool members claim in order of priority, so the first ones spend
-    # their budget before the next are asked.
-    dispatchers = (
-        Dispatcher.objects.filter(is_enabled=True)
-        .annotate(priority=Coalesce(Min("pool_memberships__priority"), 0))
-        .order_by("priority", "pk")
-        .values_list("pk", flat=True)
-    )
-    for dispatcher_id in dispatchers:
-        while (batch := batch_claim(dispatcher_id=dispatcher_id, now=now)) is not None:
-            claimed += batch.size
+    # their budget before the next are asked; equals share by weight.
+    for _, members in sorted(_claim_groups().items()):
+        claimed += _claim_group(members, now)
     return claimed
 
 
@@ -697,17 +712,20 @@ def items_record_results(
     *,
     results: list[tuple[CampaignItem, SendResult, datetime]],
     throttled: Collection[int] = (),
+    mark_sending: list[int] | None = None,
 ) -> list[str]:
     """Write many items' verdicts (each with the time it came back) in one
     UPDATE; returns the status each ended in. Only items still claimed by
     their batch are written, so a batch released meanwhile is left alone.
+    ``mark_sending``: items about to go on the wire, marked so in the same
+    statement (one round trip instead of two).
 
     Items in ``throttled`` were refused only because their provider wants
     a slower pace: retried after a minute, without counting an attempt (so
     without lengthening their back-off)."""
-    if not results:
+    if not results and not mark_sending:
         return []
-    rows: list[object] = []
+    columns: list[list[object]] = [[], [], [], [], [], [], [], [], []]
     statuses = []
     for item, result, now in results:
         status = _verdict(item, result, now)
@@ -716,7 +734,7 @@ def items_record_results(
         retry_at = None
         if status == S.DEFERRED:
             retry_at = now + (THROTTLED_RETRY if slowed else _retry_delay(item.attempts + 1))
-        rows += [
+        row = (
             item.pk,
             item.batch_id,
             status,
@@ -726,44 +744,50 @@ def items_record_results(
             now,
             retry_at,
             0 if slowed else 1,
-        ]
-    values = ", ".join(
-        [
-            "(%s::bigint, %s::bigint, %s, %s::integer, %s, %s, %s::timestamptz, %s::timestamptz,"
-            " %s::integer)"
-        ]
-        * len(results)
-    )
-    table = CampaignItem._meta.db_table
-    # Sent: sent_at and queue id. Deferred: out of the batch, retried later.
-    # Deferred or failed: the first attempt's time kept for the give-up rule.
-    sql = f"""
-        UPDATE {table} AS i SET
-            status = v.status,
-            attempts = i.attempts + v.attempt,
-            sending_started_at = NULL,
-            smtp_code = v.code,
-            smtp_response = v.response,
-            sent_at = CASE WHEN v.status = '{S.SENT.value}' THEN v.at ELSE i.sent_at END,
-            queue_id = CASE WHEN v.status = '{S.SENT.value}' THEN v.queue_id ELSE i.queue_id END,
-            batch_id = CASE WHEN v.status = '{S.DEFERRED.value}' THEN NULL ELSE i.batch_id END,
-            next_attempt_at = CASE
-                WHEN v.status = '{S.DEFERRED.value}' THEN v.retry_at ELSE i.next_attempt_at END,
-            first_attempt_at = CASE
-                WHEN v.status = '{S.SENT.value}' THEN i.first_attempt_at
-                ELSE COALESCE(i.first_attempt_at, v.at) END
-        FROM (VALUES {values})
-            AS v(id, batch_id, status, code, response, queue_id, at, retry_at, attempt)
-        WHERE i.id = v.id AND i.batch_id = v.batch_id AND i.status = '{S.CLAIMED.value}'
-    """
+        )
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
     with connection.cursor() as cur:
-        cur.execute(sql, rows)
+        # Arrays, not a VALUES list: the statement's text is the same for
+        # any number of items, so it is parsed and converted once.
+        cur.execute(_RECORD_SQL, [timezone.now(), mark_sending or [], *columns])
     for (item, result, _), status in zip(results, statuses, strict=True):
         if status == S.FAILED and result.enhanced.startswith("5.1."):
             suppression_add(
                 pattern=item.contact.email, source=Suppression.Source.BOUNCE, reason=result.text
             )
     return statuses
+
+
+# Sent: sent_at and queue id. Deferred: out of the batch, retried later.
+# Deferred or failed: the first attempt's time kept for the give-up rule.
+# The marking runs in the same statement (a data-modifying WITH runs
+# whether or not it is read); its rows are never among the results'.
+_RECORD_SQL = f"""
+    WITH marked AS (
+        UPDATE {CampaignItem._meta.db_table} SET sending_started_at = %s::timestamptz
+        WHERE id = ANY(%s::bigint[])
+    )
+    UPDATE {CampaignItem._meta.db_table} AS i SET
+        status = v.status,
+        attempts = i.attempts + v.attempt,
+        sending_started_at = NULL,
+        smtp_code = v.code,
+        smtp_response = v.response,
+        sent_at = CASE WHEN v.status = '{S.SENT.value}' THEN v.at ELSE i.sent_at END,
+        queue_id = CASE WHEN v.status = '{S.SENT.value}' THEN v.queue_id ELSE i.queue_id END,
+        batch_id = CASE WHEN v.status = '{S.DEFERRED.value}' THEN NULL ELSE i.batch_id END,
+        next_attempt_at = CASE
+            WHEN v.status = '{S.DEFERRED.value}' THEN v.retry_at ELSE i.next_attempt_at END,
+        first_attempt_at = CASE
+            WHEN v.status = '{S.SENT.value}' THEN i.first_attempt_at
+            ELSE COALESCE(i.first_attempt_at, v.at) END
+    FROM unnest(
+        %s::bigint[], %s::bigint[], %s::text[], %s::integer[], %s::text[], %s::text[],
+        %s::timestamptz[], %s::timestamptz[], %s::integer[]
+    ) AS v(id, batch_id, status, code, response, queue_id, at, retry_at, attempt)
+    WHERE i.id = v.id AND i.batch_id = v.batch_id AND i.status = '{S.CLAIMED.value}'
+"""
 
 
 def suppression_add(*, pattern: str, source: str, reason: str = "") -> None:
@@ -793,7 +817,9 @@ def _batch_left_lists(batch: Batch) -> set[int]:
     lists = Campaign.lists.through.objects.filter(campaign_id=OuterRef("campaign_id"))
     segments = Campaign.segments.through.objects.filter(campaign_id=OuterRef("campaign_id"))
     on_a_list = Subscription.objects.filter(
-        contact_id=OuterRef("contact_id"), contact_list__campaigns=OuterRef("campaign_id")
+        contact_id=OuterRef("contact_id"),
+        contact_list__campaigns=OuterRef("campaign_id"),
+        unsubscribed_at__isnull=True,
     )
     return set(
         CampaignItem.objects.filter(batch=batch, status=S.CLAIMED)
@@ -830,17 +856,20 @@ def _synchronous_commit(on: bool) -> None:
         cur.execute(f"SET synchronous_commit TO {'on' if on else 'off'}")
 
 
-def batch_send(*, batch_id: int) -> int:
-    """The outbound job for one batch. Returns how many items it settled."""
+def batch_send(*, batch_id: int, now: datetime | None = None) -> int:
+    """The outbound job for one batch. Returns how many items it settled.
+    ``now`` is the clock of the claims (a back-off starts from it)."""
     with advisory_lock(space=BATCHES, key=batch_id) as mine:
         if not mine:
             return 0  # another worker is sending this batch right now
         batch = Batch.objects.select_related("dispatcher__smtp_server").get(pk=batch_id)
         if batch.finished_at is not None:
             return 0  # a redelivered task for a batch already done
-        now = timezone.now()
+        started = now or timezone.now()
         lease = timedelta(seconds=settings.HERALD_BATCH_LEASE_SECONDS)
-        Batch.objects.filter(pk=batch_id).update(started_at=now, lease_expires_at=now + lease)
+        Batch.objects.filter(pk=batch_id).update(
+            started_at=started, lease_expires_at=started + lease
+        )
         runner: type[BatchRun] = _BatchRun
         if batch.dispatcher.type == Dispatcher.Type.SMS:
             from .sms import SmsBatchRun  # sms.py imports this module: late
@@ -852,7 +881,7 @@ def batch_send(*, batch_id: int) -> int:
             run.send_all()
         finally:
             _synchronous_commit(True)
-        run.close()
+        run.close(now=now)
         return run.settled
 
 
@@ -899,21 +928,21 @@ class BatchRun:
         else:
             self.errors[campaign_id] = self.errors.get(campaign_id, 0) + 1
 
-    def _stop(self, error: str) -> None:
+    def _stop(self, error: str, now: datetime) -> None:
         """Retrying cannot help: stop the dispatcher and say what to fix."""
-        dispatcher_stop(dispatcher=self.dispatcher, error=error)
+        dispatcher_stop(dispatcher=self.dispatcher, error=error, now=now)
 
-    def close(self) -> None:
+    def close(self, now: datetime | None = None) -> None:
         """Settle the batch: give back what was not sent, update health."""
-        now = timezone.now()
+        now = now or timezone.now()
         if CampaignItem.objects.filter(batch=self.batch, status=S.CLAIMED).exists():
             batch_release(batch=self.batch, now=now)
         else:
             Batch.objects.filter(pk=self.batch.pk, finished_at__isnull=True).update(finished_at=now)
         if self.lost is not None and self.lost.retry_pointless:
-            self._stop(str(self.lost))
+            self._stop(str(self.lost), now)
         elif self.lost is not None and self.settled == 0:
-            dispatcher_record_failure(dispatcher=self.dispatcher, error=str(self.lost))
+            dispatcher_record_failure(dispatcher=self.dispatcher, error=str(self.lost), now=now)
         elif self.settled:
             dispatcher_record_success(dispatcher=self.dispatcher)
         for campaign_id, errors in self.errors.items():
@@ -964,9 +993,8 @@ class _BatchRun(BatchRun):
 
     def send_all(self) -> None:
         self._flag_in_doubt()
-        pool: SendPool[CampaignItem] = SendPool(
-            lambda: transport_for(self.dispatcher),
-            self.dispatcher.connections,
+        pool: SendPool[CampaignItem] = send_pool_for(
+            self.dispatcher,
             signer=signer_for(dispatcher=self.dispatcher),  # the DKIM key, once per batch
         )
         try:
@@ -1018,10 +1046,11 @@ class _BatchRun(BatchRun):
         self, pool: SendPool[CampaignItem], chunk: list[tuple[CampaignItem, WireMessage]]
     ) -> None:
         self._write_skips()
-        self._write_results()  # so marked-but-unrecorded stays within in_doubt_bound
         ids = [item.pk for item, _ in chunk]
-        # Committed before the first of them leaves (autocommit).
-        CampaignItem.objects.filter(pk__in=ids).update(sending_started_at=timezone.now())
+        # The results so far (so marked-but-unrecorded stays within
+        # in_doubt_bound) and the chunk marked as going on the wire, in one
+        # statement, committed before the first of them leaves (autocommit).
+        self._write_results(mark_sending=ids)
         for index, (item, message) in enumerate(chunk):
             if self.lost is not None:
                 # The connection is gone: these never left.
@@ -1068,14 +1097,16 @@ class _BatchRun(BatchRun):
         ):
             self._write_results()
 
-    def _write_results(self) -> None:
+    def _write_results(self, mark_sending: list[int] | None = None) -> None:
         results, self.results = self.results, []
         throttled = {
             item.pk: result
             for item, result, _ in results
             if result.throttled and configured_rate(self.provider_rates, item.provider_group)
         }
-        statuses = items_record_results(results=results, throttled=throttled)
+        statuses = items_record_results(
+            results=results, throttled=throttled, mark_sending=mark_sending
+        )
         self.settled += len(results)
         for (item, _, _), status in zip(results, statuses, strict=True):
             if item.pk not in throttled:  # a pace to slow down to, not a campaign's error
@@ -1125,14 +1156,16 @@ def batch_sending_campaigns(batch: Batch) -> set[int]:
 # --- health: dispatchers and campaigns that keep failing ---------------------
 
 
-def dispatcher_record_failure(*, dispatcher: Dispatcher, error: str) -> None:
+def dispatcher_record_failure(
+    *, dispatcher: Dispatcher, error: str, now: datetime | None = None
+) -> None:
     """A batch could not reach or log in to its server. Enough of those in a
     row pause the dispatcher, instead of burning through the audience."""
     Dispatcher.objects.filter(pk=dispatcher.pk).update(
         consecutive_failures=F("consecutive_failures") + 1, last_error=error[:500]
     )
     dispatcher.refresh_from_db(fields=["consecutive_failures", "is_enabled"])
-    if pool_member_fail(dispatcher=dispatcher, error=error):
+    if pool_member_fail(dispatcher=dispatcher, error=error, now=now):
         return  # out of rotation for a while; the pool's other members go on
     limit = settings.HERALD_DISPATCHER_MAX_FAILURES
     if dispatcher.is_enabled and dispatcher.consecutive_failures >= limit:
@@ -1146,11 +1179,11 @@ def dispatcher_record_failure(*, dispatcher: Dispatcher, error: str) -> None:
             )
 
 
-def dispatcher_stop(*, dispatcher: Dispatcher, error: str) -> None:
+def dispatcher_stop(*, dispatcher: Dispatcher, error: str, now: datetime | None = None) -> None:
     """Retrying cannot help (login rejected, server deactivated): pause at
     once and tell the administrators what to do."""
     reason = f"Stopped: {error}"
-    pool_member_record_failover(dispatcher=dispatcher, reason=reason)
+    pool_member_record_failover(dispatcher=dispatcher, reason=reason, now=now)
     if dispatcher_pause(dispatcher=dispatcher, reason=reason):
         notification_raise(
             key=f"dispatcher:{dispatcher.pk}:paused",

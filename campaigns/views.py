@@ -44,7 +44,9 @@ def preferences(request: HttpRequest, signed: str) -> HttpResponse:
             context["all_done"] = True
         else:
             keep = {int(v) for v in request.POST.getlist("list") if v.isdigit()}
-            context["left"] = subscriptions_keep(contact=contact, list_ids=keep)
+            context["left"], context["rejoined"] = subscriptions_keep(
+                contact=contact, list_ids=keep
+            )
             context["saved"] = True
         contact.refresh_from_db()
     context["lists"] = contact_lists(contact=contact)

@@ -157,7 +157,7 @@ HERALD_LIST_UNSUBSCRIBE_MAILTO = env.bool("HERALD_LIST_UNSUBSCRIBE_MAILTO", defa
 HERALD_SMS_DEFAULT_REGION = env.str("HERALD_SMS_DEFAULT_REGION", default="").upper()
 # Twilio's REST API (changed only to test against a local stand-in).
 HERALD_TWILIO_API_URL = env.str("HERALD_TWILIO_API_URL", default="https://api.twilio.com")
-# Email service providers' tracking webhooks (/webhooks/<provider>/tracking/):
+# Email service providers' tracking webhooks (/webhooks/<provider>/<dispatcher>/):
 # the shared secret(s) "user:password" every request must send as HTTP basic
 # auth (comma-separated to rotate); unset, every webhook is refused.
 HERALD_WEBHOOK_SECRET = env.list("HERALD_WEBHOOK_SECRET", default=[])
@@ -166,6 +166,12 @@ HERALD_MAILGUN_WEBHOOK_SIGNING_KEY = env.str("HERALD_MAILGUN_WEBHOOK_SIGNING_KEY
 # A signed webhook older than this many seconds is refused as stale (Mailgun
 # retries a failed webhook for up to 8 hours).
 HERALD_WEBHOOK_MAX_AGE = env.int("HERALD_WEBHOOK_MAX_AGE", default=12 * 3600)
+# Amazon SNS's own URLs (signing certificates, subscription confirmations):
+# an SES notification signed with a certificate from anywhere else is refused.
+# Changed only to test against a local stand-in.
+HERALD_SNS_URL_PATTERN = env.str(
+    "HERALD_SNS_URL_PATTERN", default=r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
+)
 
 # Shared by every web process (the API's per-token rate limit counts in it):
 # Redis when there is one, this process's memory otherwise (make run).

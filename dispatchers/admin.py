@@ -5,10 +5,11 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from . import providers
 from .domains import (
     sender_domain_archive,
     sender_domain_key_new,
@@ -166,7 +167,14 @@ class DispatcherAdmin(admin.ModelAdmin):
             {
                 "description": "For the delivery mode “Email service API”: the provider's "
                 "API key is stored encrypted and never shown again.",
-                "fields": ("esp_provider", "esp_api_key", "esp_api_url", "tracking_webhook"),
+                "fields": (
+                    "esp_provider",
+                    "esp_api_key",
+                    "esp_api_url",
+                    "tracking_webhook",
+                    "esp_webhook_key",
+                    "esp_sns_topic_arn",
+                ),
             },
         ),
         (
@@ -214,33 +222,32 @@ class DispatcherAdmin(admin.ModelAdmin):
     @admin.display(description="tracking webhook")
     def tracking_webhook(self, obj: Dispatcher) -> str:
         """The URL to paste into the provider's webhook settings, with the
-        shared secret as its basic-auth credentials, as anymail expects."""
+        shared secret as its basic-auth credentials, as anymail expects, the
+        events to switch on, and whether the signing key is in place."""
         if obj.delivery_mode != Dispatcher.DeliveryMode.API or not obj.esp_provider:
             return "For the delivery mode “Email service API”."
-        try:
-            path = reverse(f"bounces:{obj.esp_provider}_tracking")
-        except NoReverseMatch:
-            return (
-                "Herald does not read this provider's event webhooks yet: its bounces come "
-                "back to the bounce mailbox."
+        if not obj.pk:
+            return "Shown once the dispatcher is saved."
+        path = reverse("bounces:esp_tracking", args=[obj.esp_provider, obj.pk])
+        scheme, _, host = settings.HERALD_PUBLIC_URL.partition("://")
+        if settings.HERALD_WEBHOOK_SECRET:
+            url = format_html(
+                "<code>{}://{}@{}{}</code>", scheme, settings.HERALD_WEBHOOK_SECRET[0], host, path
             )
-        if not settings.HERALD_WEBHOOK_SECRET:
-            return format_html(
+        else:
+            url = format_html(
                 '{}{} <br><span class="herald-sub">Set HERALD_WEBHOOK_SECRET (user:password) '
                 "first: until then every webhook is refused.</span>",
                 settings.HERALD_PUBLIC_URL,
                 path,
             )
-        scheme, _, host = settings.HERALD_PUBLIC_URL.partition("://")
-        credentials = settings.HERALD_WEBHOOK_SECRET[0]
+        provider = providers.PROVIDERS[obj.esp_provider]
         return format_html(
-            '<code>{}://{}@{}{}</code><br><span class="herald-sub">Paste this URL, '
-            "secret included, into the provider's webhook settings for bounces, complaints "
-            "and unsubscribes.</span>",
-            scheme,
-            credentials,
-            host,
-            path,
+            '{}<br><span class="herald-sub">Paste this URL, secret included, into the '
+            "provider's webhook settings. Events to switch on: {}.</span><br>{}",
+            url,
+            provider.webhook_events,
+            _webhook_key_state(obj, provider),
         )
 
     @admin.display(description="status callback URL")
@@ -391,7 +398,7 @@ class DispatcherAdmin(admin.ModelAdmin):
 class PoolMemberInline(admin.TabularInline):
     model = PoolMember
     extra = 1
-    fields = ("dispatcher", "priority")
+    fields = ("dispatcher", "priority", "weight")
     autocomplete_fields = ()
 
 
@@ -412,13 +419,14 @@ class DispatcherPoolAdmin(admin.ModelAdmin):
             return "Shown once the pool is saved."
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td>"
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td>"
             '<td><span class="herald-badge herald-badge--{}">{}</span></td><td>{}</td>'
             "<td>{}</td></tr>",
             (
                 (
                     s.member.dispatcher.name,
                     s.member.priority,
+                    s.member.weight,
                     s.sent_last_hour,
                     s.member.dispatcher.messages_per_hour,
                     s.budget,
@@ -433,6 +441,7 @@ class DispatcherPoolAdmin(admin.ModelAdmin):
         )
         return format_html(
             '<table class="herald-table"><thead><tr><th>Dispatcher</th><th>Priority</th>'
+            "<th>Weight</th>"
             "<th>Sent last hour / limit</th><th>Budget left</th><th>Share</th>"
             "<th>Health</th><th>Last failover</th><th>Providers slowed down</th></tr></thead>"
             "<tbody>{}</tbody></table>",
@@ -489,6 +498,26 @@ def _slowed_providers(dispatcher: Dispatcher) -> str:
         if s.effective < s.configured
     ]
     return "; ".join(slowed) or "—"
+
+
+def _webhook_key_state(obj: Dispatcher, provider: providers.Provider) -> str:
+    """What the provider signs its webhooks with, and whether Herald has it."""
+    if obj.esp_provider == "amazon_ses":
+        if obj.esp_sns_topic_arn:
+            return f"Notifications of topic {obj.esp_sns_topic_arn} only, signed by Amazon SNS."
+        return "Enter the SNS topic ARN below: until then every notification is refused."
+    if obj.esp_provider == "unisender_go":
+        return "Signature checked with the API key above."
+    if not provider.webhook_key:
+        return "This provider does not sign its webhooks (the secret in the URL is checked)."
+    if obj.esp_webhook_key:
+        return f"Signature checked with the stored webhook signing key ({provider.webhook_key})."
+    if obj.esp_provider == "mailgun" and settings.HERALD_MAILGUN_WEBHOOK_SIGNING_KEY:
+        return "Signature checked with HERALD_MAILGUN_WEBHOOK_SIGNING_KEY from the environment."
+    return (
+        f"Enter the webhook signing key below, {provider.webhook_key}: until then every "
+        "webhook is refused."
+    )
 
 
 def _failover(member: PoolMember) -> str:

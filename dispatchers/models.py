@@ -69,6 +69,17 @@ def validate_api_url(value: str) -> None:
         )
 
 
+_SNS_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}$")
+
+
+def validate_sns_topic_arn(value: str) -> None:
+    if not _SNS_TOPIC_ARN.match(value):
+        raise ValidationError(
+            "Enter the topic's ARN as Amazon SNS shows it: "
+            "arn:aws:sns:<region>:<12-digit account>:<topic name>."
+        )
+
+
 def validate_account_sid(value: str) -> None:
     if not _ACCOUNT_SID.match(value):
         raise ValidationError(
@@ -289,6 +300,23 @@ class Dispatcher(models.Model):
         "https://api.eu.mailgun.net/v3, SparkPost EU https://api.eu.sparkpost.com/api/v1/, "
         "Amazon SES the regional endpoint, Postal your server (required).",
     )
+    esp_webhook_key = EncryptedTextField(
+        "webhook signing key",
+        blank=True,
+        default="",
+        help_text="What the provider signs its event webhooks with (see the tracking webhook "
+        "below for where to find it). Stored encrypted and never shown; leave blank to keep "
+        "the stored key.",
+    )
+    esp_sns_topic_arn = models.CharField(
+        "SNS topic ARN",
+        max_length=256,
+        blank=True,
+        validators=[validate_sns_topic_arn],
+        help_text="Amazon SES: the SNS topic your configuration set publishes events to, "
+        "e.g. arn:aws:sns:eu-west-1:123456789012:herald-events. Notifications from any "
+        "other topic are refused.",
+    )
     backup_directory = models.CharField(
         "file backup folder",
         max_length=500,
@@ -488,12 +516,16 @@ class Dispatcher(models.Model):
             raise ValidationError(
                 {"esp_api_url": f"{provider.label} needs the URL of its API. {provider.url_hint}"}
             )
+        problem = providers.webhook_key_problem(self.esp_provider, reveal(self.esp_webhook_key))
+        if problem:
+            raise ValidationError({"esp_webhook_key": problem})
 
 
 class DispatcherPool(models.Model):
     """Several dispatchers of one type that a campaign sends through
-    together: each member spends its own limits, in order of priority, and
-    a member that fails is taken out of rotation while the others go on."""
+    together: each member spends its own limits, in order of priority (by
+    weight among equals), and a member that fails is taken out of rotation
+    while the others go on."""
 
     name = models.CharField("pool name", max_length=100, unique=True)
     type = models.CharField(
@@ -518,6 +550,12 @@ class PoolMember(models.Model):
         default=1,
         validators=[MinValueValidator(1)],
         help_text="1 is spent first; members of equal priority share the work.",
+    )
+    weight = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Among members of equal priority, each takes work in proportion to its "
+        "weight (3 takes three times as much as 1), each within its own limits.",
     )
     last_failover_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_failover_reason = models.CharField(max_length=500, blank=True, editable=False)

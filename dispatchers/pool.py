@@ -6,21 +6,30 @@ thread (where the database work happens) and gets results back in the
 order they complete. No more than ``size`` messages are ever in flight:
 what a crash can leave on the wire is one message per connection (the
 caller's own bookkeeping may add to what it must treat as in doubt).
+An SMTP relay gets an SmtpSendPool instead (``send_pool_for``): the same
+contract, its sessions driven by one event loop in one thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from smtpservers.client import SessionError
 
 from .transports import ConnectionLost, SendResult, Transport
-from .transports.base import Message
+from .transports.base import Message, message_bytes, transport_for
+from .transports.smtp import SmtpSession, session_recorded
 
 if TYPE_CHECKING:
+    from smtpservers.models import SmtpServer
+
+    from .models import Dispatcher
     from .signing import Signer
 
 K = TypeVar("K")
@@ -119,3 +128,105 @@ class SendPool(Generic[K]):
             for transport in self._opened:
                 transport.close()
             self._opened.clear()
+
+
+class SmtpSendPool(SendPool[K]):
+    """A SendPool for an SMTP relay: its ``size`` sessions are driven by one
+    event loop in one thread, instead of a thread and a loop per session.
+
+    Measured on loopback: a thread per session costs ~350 us of CPU a
+    message (thread hand-offs, a run_until_complete per message, the GIL
+    passed around five threads); one loop for all of them a fraction of
+    that. Same contract: results in the order they complete, no more than
+    ``size`` messages in flight, a lost session reported for the message it
+    carried and opened again for the next."""
+
+    def __init__(self, server: SmtpServer, size: int, *, signer: Signer | None = None) -> None:
+        self.size = max(size, 1)
+        self._server = server
+        self._signer = signer
+        self._done = queue.SimpleQueue()
+        self._in_flight = 0
+        self._loop = asyncio.new_event_loop()
+        self._waiting: asyncio.Queue[tuple[K, bytes, str, str] | None] | None = None
+        self._sessions: list[SmtpSession] = []
+        self._thread = threading.Thread(target=self._run, name="herald-send", daemon=True)
+        self._started = threading.Event()
+        self._thread.start()
+        self._started.wait()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._waiting = asyncio.Queue()
+        workers = [self._loop.create_task(self._work()) for _ in range(self.size)]
+        self._started.set()
+        self._loop.run_until_complete(asyncio.gather(*workers))
+        self._loop.close()
+
+    def submit(self, key: K, message: Message, *, sender: str, recipient: str) -> None:
+        if self._signer is not None:
+            # The last step before the wire: nothing may change the message after.
+            message = self._signer.sign(message)
+        job = (key, message_bytes(message), sender, recipient)
+        self._in_flight += 1
+        self._loop.call_soon_threadsafe(self._waiting.put_nowait, job)  # type: ignore[union-attr]
+
+    async def _work(self) -> None:
+        assert self._waiting is not None
+        session: SmtpSession | None = None
+        while (job := await self._waiting.get()) is not None:
+            key, data, sender, recipient = job
+            try:
+                if session is None:
+                    session = await self._open()
+                result = await session.send(data, sender=sender, recipient=recipient)
+            except ConnectionLost as exc:
+                if session is not None:
+                    await session.close()
+                session = None
+                self._done.put((key, None, exc))
+                continue
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                self._done.put((key, None, exc))
+                continue
+            self._done.put((key, result, None))
+        if session is not None:
+            await session.close()
+
+    async def _open(self) -> SmtpSession:
+        session = SmtpSession(server=self._server)
+        error: BaseException | None = None
+        try:
+            await session.open()
+        except SessionError as exc:
+            error = exc
+        except ConnectionLost:
+            await session.close()
+            raise
+        # The server's status is a database write: off the loop, in a thread
+        # whose connection is closed after.
+        await asyncio.to_thread(_recorded, session, error)
+        return session
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            for _ in range(self.size):
+                self._loop.call_soon_threadsafe(self._waiting.put_nowait, None)  # type: ignore[union-attr]
+            self._thread.join()
+
+
+def _recorded(session: SmtpSession, error: BaseException | None) -> None:
+    from django.db import connection
+
+    try:
+        session_recorded(session, error)
+    finally:
+        connection.close()
+
+
+def send_pool_for(dispatcher: Dispatcher, *, signer: Signer | None = None) -> SendPool[Any]:
+    """The pool a batch sends through: sessions on one event loop for an
+    SMTP relay, a thread per transport for every other delivery mode."""
+    if dispatcher.delivery_mode == dispatcher.DeliveryMode.SMTP and not dispatcher.backup_directory:
+        return SmtpSendPool(dispatcher.smtp_server, dispatcher.connections, signer=signer)
+    return SendPool(lambda: transport_for(dispatcher), dispatcher.connections, signer=signer)

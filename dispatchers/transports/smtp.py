@@ -52,67 +52,53 @@ def lost_at_421(code: int, text: str) -> ConnectionLost:
     return ConnectionLost(f"{code} {text}", result=result if result.throttled else None)
 
 
-class SmtpTransport(Transport):
+class SmtpSession:
+    """One SMTP session driven on the caller's running event loop: what the
+    synchronous SmtpTransport wraps, and what a SendPool drives several of
+    on one loop. Recording the server's status is a database write, so it
+    is left to the caller, outside the loop (``session_recorded``)."""
+
     def __init__(self, *, server: SmtpServer) -> None:
         self.server = server
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: aiosmtplib.SMTP | None = None
+        self.client: aiosmtplib.SMTP | None = None
+        self.banner = ""
 
-    def _run(self, coro):  # type: ignore[no-untyped-def]
-        assert self._loop is not None
-        return self._loop.run_until_complete(coro)
-
-    def open(self) -> None:
+    async def open(self) -> None:
+        """Raises SessionError (recorded by ``session_recorded``) or
+        ConnectionLost."""
         server = self.server
         if not server.is_active:
             raise ConnectionLost(
                 f"The SMTP server “{server.name}” is inactive; activate it to send through it.",
                 retry_pointless=True,
             )
-        self._loop = asyncio.new_event_loop()
         try:
-            session = self._run(session_open(server))
-        except SessionError as exc:
-            self.close()
-            if exc.auth_rejected:
-                # Every dispatcher on the server stops, and the notification
-                # says what to do (Generate tokens again, or the password).
-                server_record_auth_rejected_from_send(server=server, error=str(exc))
-            else:
-                connection_status_record_from_send(
-                    server=server, ok=False, message=f"Sending failed at {exc.step}: {exc}"
-                )
-            raise ConnectionLost(str(exc), retry_pointless=exc.auth_rejected) from exc
+            session = await session_open(server)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-            self.close()
             raise ConnectionLost(_describe(exc)) from exc
-        self._client = session.client
-        connection_status_record_from_send(
-            server=server, ok=True, message=f"OK (last real send). Banner: {session.banner}"
-        )
+        self.client, self.banner = session.client, session.banner
 
-    def send(self, message: Message, *, sender: str, recipient: str) -> SendResult:
-        assert self._client is not None, "open() first"
-        data = message_bytes(message)
+    async def send(self, data: bytes, *, sender: str, recipient: str) -> SendResult:
+        assert self.client is not None, "open() first"
         if (
             self._pipelining
             and _SAFE_ADDRESS.fullmatch(sender.encode())
             and (_SAFE_ADDRESS.fullmatch(recipient.encode()))
         ):
-            return self._run(self._send_pipelined(sender, recipient, data))
-        return self._run(sendmail(self._client, sender, recipient, data))
+            return await self._send_pipelined(sender, recipient, data)
+        return await sendmail(self.client, sender, recipient, data)
 
     @property
     def _pipelining(self) -> bool:
         # RFC 2920: MAIL, RCPT and DATA go in one write, their replies come
         # back together: half the round trips and writes of one command at a
         # time, which is most of what sending costs on a fast link.
-        client = self._client
+        client = self.client
         return client is not None and client.supports_extension("pipelining")
 
     async def _send_pipelined(self, sender: str, recipient: str, data: bytes) -> SendResult:
-        assert self._client is not None and self._client.transport is not None
-        transport = self._client.transport
+        assert self.client is not None and self.client.transport is not None
+        transport = self.client.transport
         own = transport.get_protocol()
         replies = _Replies()
         transport.set_protocol(replies)  # aiosmtplib's own gets it back after
@@ -148,37 +134,117 @@ class SmtpTransport(Transport):
             if replies.closed is not None:
                 own.connection_lost(replies.closed)
 
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is None:
+            return
+        try:
+            if client.is_connected:
+                await client.quit()
+        except Exception:  # noqa: BLE001 - closing must never fail a batch
+            client.close()
+
+
+def session_recorded(session: SmtpSession, error: BaseException | None) -> None:
+    """Keep what opening a session taught about the server (its status, a
+    rejected login that stops its dispatchers), and turn a SessionError into
+    the ConnectionLost the caller raises. A database write: call it off the
+    event loop."""
+    server = session.server
+    if error is None:
+        connection_status_record_from_send(
+            server=server, ok=True, message=f"OK (last real send). Banner: {session.banner}"
+        )
+        return
+    if not isinstance(error, SessionError):
+        raise error
+    if error.auth_rejected:
+        # Every dispatcher on the server stops, and the notification
+        # says what to do (Generate tokens again, or the password).
+        server_record_auth_rejected_from_send(server=server, error=str(error))
+    else:
+        connection_status_record_from_send(
+            server=server, ok=False, message=f"Sending failed at {error.step}: {error}"
+        )
+    raise ConnectionLost(str(error), retry_pointless=error.auth_rejected) from error
+
+
+class SmtpTransport(Transport):
+    """An SmtpSession behind the synchronous Transport API, on a private loop."""
+
+    def __init__(self, *, server: SmtpServer) -> None:
+        self.server = server
+        self._session = SmtpSession(server=server)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _run(self, coro):  # type: ignore[no-untyped-def]
+        assert self._loop is not None
+        return self._loop.run_until_complete(coro)
+
+    def open(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._run(self._session.open())
+        except SessionError as exc:
+            self.close()
+            session_recorded(self._session, exc)
+        except ConnectionLost:
+            self.close()
+            raise
+        session_recorded(self._session, None)
+
+    @property
+    def _client(self) -> aiosmtplib.SMTP | None:
+        return self._session.client
+
+    @property
+    def _pipelining(self) -> bool:
+        return self._session._pipelining
+
+    def send(self, message: Message, *, sender: str, recipient: str) -> SendResult:
+        assert self._session.client is not None, "open() first"
+        return self._run(
+            self._session.send(message_bytes(message), sender=sender, recipient=recipient)
+        )
+
     def close(self) -> None:
-        if self._client is not None and self._loop is not None:
-            try:
-                if self._client.is_connected:
-                    self._run(self._client.quit())
-            except Exception:  # noqa: BLE001 - closing must never fail a batch
-                self._client.close()
         if self._loop is not None:
+            self._run(self._session.close())
             self._loop.close()
-        self._client = None
         self._loop = None
 
 
 async def sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes) -> SendResult:
     """One message on an open session. Raises ConnectionLost when the
     session is gone (421 or a drop); ``maybe_delivered`` says whether the
-    server may already have taken the message."""
+    server may already have taken the message: only once DATA has begun.
+    A session that ends before (a server that closed it after the last
+    message, or went down) cannot have taken this one."""
     try:
-        errors, reply = await client.sendmail(sender, [recipient], data)
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        refused = exc.recipients[0]
-        if refused.code == 421:
-            raise lost_at_421(refused.code, refused.message) from exc
-        return result_from_reply(refused.code, refused.message)
+        await client.mail(sender)
+        await client.rcpt(recipient)
     except aiosmtplib.SMTPResponseException as exc:
-        if exc.code == 421:
-            raise lost_at_421(exc.code, exc.message) from exc
-        return result_from_reply(exc.code, exc.message)
+        return await _refused(client, exc)
+    except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+        raise ConnectionLost(_describe(exc)) from exc
+    try:
+        reply = await client.data(data)
+    except aiosmtplib.SMTPResponseException as exc:
+        return await _refused(client, exc)
     except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
         raise ConnectionLost(_describe(exc), maybe_delivered=True) from exc
-    return result_from_reply(250, reply)
+    return result_from_reply(reply.code, reply.message)
+
+
+async def _refused(client: aiosmtplib.SMTP, exc: aiosmtplib.SMTPResponseException) -> SendResult:
+    """The server's answer to this message; the session is ready for the next."""
+    if exc.code == 421:
+        raise lost_at_421(exc.code, exc.message) from exc
+    try:
+        await client.rset()
+    except (TimeoutError, aiosmtplib.SMTPException, OSError):
+        pass  # the session is gone: the next message finds out, before its DATA
+    return result_from_reply(exc.code, exc.message)
 
 
 class _Replies(asyncio.Protocol):

@@ -96,6 +96,8 @@ def test_a_contact_joins_and_leaves_lists(marketer: Any, cast: Cast) -> None:
     assert sorted(joined["lists"]) == sorted([cast.contact_list.pk, vip.pk])
     left = marketer.post(url + "unsubscribe/", {"lists": [cast.contact_list.pk]}, format="json")
     assert left.json()["lists"] == [vip.pk]
+    record = {s["list"]: s for s in left.json()["subscriptions"]}[cast.contact_list.pk]
+    assert record["unsubscribed_at"] and record["unsubscribed_via"] == "api"
     missing = marketer.post(url + "subscribe/", {"lists": [999999]}, format="json")
     assert missing.status_code == 400
     assert "lists" in missing.json()["details"]
@@ -107,3 +109,46 @@ def test_an_address_differing_only_in_case_is_the_same_contact(marketer: Any, ca
     assert "email" in response.json()["details"]
     created = marketer.post("/api/v1/contacts/", {"email": "New@Example.org"}, format="json")
     assert created.json()["email"] == "new@example.org"
+
+
+def test_the_api_does_not_put_back_a_contact_who_unsubscribed_without_new_consent(
+    marketer: Any, cast: Cast
+) -> None:
+    Subscription.objects.filter(contact=cast.contact).update(
+        unsubscribed_at="2026-01-05T10:00:00Z", unsubscribed_via=Subscription.Via.PREFERENCES
+    )
+    url = f"/api/v1/contacts/{cast.contact.pk}/subscribe/"
+    vip = ContactList.objects.create(name="VIP")
+
+    refused = marketer.post(url, {"lists": [vip.pk, cast.contact_list.pk]}, format="json")
+
+    assert refused.status_code == 409
+    message = refused.json()["message"]
+    assert "jane@example.org unsubscribed from Newsletter on 2026-01-05" in message
+    assert "(Manage subscriptions page)" in message and '"resubscribe": true' in message
+    assert not Subscription.objects.filter(contact_list=vip).exists()  # nothing changed
+    listed = marketer.get(f"/api/v1/contacts/?list={cast.contact_list.pk}").json()["results"]
+    assert listed == []
+
+    body = {"lists": [cast.contact_list.pk], "resubscribe": True, "source": "phone call 2026-02"}
+    back = marketer.post(url, body, format="json")
+
+    assert back.status_code == 200 and back.json()["lists"] == [cast.contact_list.pk]
+    record = Subscription.objects.get(contact=cast.contact)
+    assert (record.unsubscribed_at, record.source) == (None, "phone call 2026-02")
+
+
+def test_bulk_upsert_counts_those_it_did_not_put_back_on_the_list(
+    marketer: Any, cast: Cast
+) -> None:
+    Subscription.objects.filter(contact=cast.contact).update(
+        unsubscribed_at="2026-01-05T10:00:00Z", unsubscribed_via=Subscription.Via.API
+    )
+    rows = [{"email": "jane@example.org", "last_name": "Doe"}, {"email": "new@example.org"}]
+
+    body = marketer.post(BULK, {"contacts": rows, "list": cast.contact_list.pk}, format="json")
+
+    assert body.json()["kept_unsubscribed"] == 1
+    on_list = Subscription.objects.filter(contact_list=cast.contact_list, unsubscribed_at=None)
+    assert list(on_list.values_list("contact__email", flat=True)) == ["new@example.org"]
+    assert Contact.objects.get(email="jane@example.org").last_name == "Doe"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.roles import ADMINISTRATOR, MARKETER, OPERATOR
 from accounts.services import user_create
@@ -212,6 +214,35 @@ def test_it_subscribes_the_good_rows_to_the_list_recording_the_source() -> None:
         "dan@example.org": "web form",
     }
     assert Contact.objects.get(email="jane@example.org").source == "Fair sign-up sheet, May"
+
+
+@pytest.mark.parametrize("chunk_rows", [1000, 2], ids=["one-chunk", "chunks-of-2"])
+def test_an_import_does_not_put_back_a_contact_who_left_the_list(
+    chunk_rows: int, client: Client
+) -> None:
+    contact_list = ContactList.objects.create(name="Trade fair")
+    left_at = timezone.now() - timedelta(days=3)
+    for email in ("dan@example.org", "erin@example.org"):
+        Subscription.objects.create(
+            contact=Contact.objects.create(email=email),
+            contact_list=contact_list,
+            source="web form",
+            unsubscribed_at=left_at,
+            unsubscribed_via=Subscription.Via.PREFERENCES,
+        )
+
+    job = run(BAD_ROWS_CSV, MAPPING, contact_list=contact_list, chunk_rows=chunk_rows)
+
+    assert (job.imported, job.kept_unsubscribed) == (3, 2)
+    on_list = Subscription.objects.filter(contact_list=contact_list, unsubscribed_at=None)
+    assert list(on_list.values_list("contact__email", flat=True)) == ["jane@example.org"]
+    kept = Subscription.objects.get(contact__email="dan@example.org")
+    assert (kept.unsubscribed_at, kept.source) == (left_at, "web form")  # the record, untouched
+    assert Contact.objects.get(email="dan@example.org").first_name == "Dan, Jr."  # still updated
+
+    login(client, MARKETER)
+    page = client.get(reverse("campaigns:import_detail", args=[job.pk])).content.decode()
+    assert "2</span> contact(s) had unsubscribed from this list and were not re-added." in page
 
 
 def test_an_exported_file_imports_back_unchanged() -> None:

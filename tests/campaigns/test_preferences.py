@@ -38,8 +38,9 @@ def link(email: str) -> str:
 
 
 def lists_of(email: str) -> set[str]:
+    """The lists the contact is subscribed to now."""
     return set(
-        Subscription.objects.filter(contact__email=email).values_list(
+        Subscription.objects.filter(contact__email=email, unsubscribed_at=None).values_list(
             "contact_list__name", flat=True
         )
     )
@@ -122,7 +123,10 @@ def test_forged_and_altered_links_are_refused_and_change_nothing(
     other = Contact.objects.get(email="user1@example.org").pk
     forged = [
         genuine.replace(signed, f"{other}:{signature}"),  # someone else's id, my signature
-        genuine.replace(signed, f"{contact_id}:{signature[:-1]}A"),  # altered signature
+        # An altered signature (its last character changed, whatever it was).
+        genuine.replace(
+            signed, f"{contact_id}:{signature[:-1]}{'B' if signature[-1] == 'A' else 'A'}"
+        ),
         genuine.replace(signed, contact_id),  # no signature
         genuine.replace(signed, "x"),
     ]
@@ -165,3 +169,45 @@ def test_the_send_time_hook_names_a_claimed_contact_who_left(
     assert contacts_unsubscribed_from(campaign_id=campaign.pk, contact_ids=ids) == {
         Contact.objects.get(email="user0@example.org").pk
     }
+
+
+def test_leaving_keeps_the_record_and_the_contact_can_come_back(
+    lists: dict[str, ContactList],
+) -> None:
+    url = link("user0@example.org")
+    Client().post(url, {"list": [str(lists["newsletter"].pk)], "save": ""})
+
+    left = Subscription.objects.get(contact__email="user0@example.org", contact_list__name="Offers")
+    assert left.unsubscribed_at is not None
+    assert left.unsubscribed_via == Subscription.Via.PREFERENCES
+    page = Client().get(url).content.decode()
+    assert "Offers</label> <small>(you left this list)</small>" in page
+
+    # Ticking it again is the contact's own new consent: recorded as such.
+    both = [str(lists["newsletter"].pk), str(lists["offers"].pk)]
+    response = Client().post(url, {"list": both, "save": ""})
+
+    assert "You are back on: Offers." in response.content.decode()
+    assert lists_of("user0@example.org") == {"Newsletter", "Offers"}
+    back = Subscription.objects.get(pk=left.pk)
+    assert (back.unsubscribed_at, back.unsubscribed_via) == (None, "")
+    assert back.source == "manage subscriptions page" and back.created_at > left.created_at
+
+
+def test_a_claimed_item_of_a_contact_who_left_is_skipped_at_send_time(
+    lists: dict[str, ContactList],
+) -> None:
+    with SmtpSink() as sink:
+        dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port))
+        make_campaign(
+            dispatcher=dispatcher, lists=[lists["offers"]], status=Campaign.Status.SCHEDULED
+        )
+        services.items_generate()
+        batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+        assert batch is not None
+        Client().post(link("user0@example.org"), {"list": [str(lists["newsletter"].pk)]})
+        services.batch_send(batch_id=batch.pk)
+
+    assert sink.per_recipient() == {"user1@example.org": 1}
+    item = CampaignItem.objects.get(contact__email="user0@example.org")
+    assert (item.status, item.skip_reason) == (S.SKIPPED, "unsubscribed")

@@ -272,6 +272,18 @@ def test_an_html_only_template_gets_its_generated_text_part() -> None:
     assert "Dear **Zoë**" in str(shown["plain"])
 
 
+ATTRIBUTES = {
+    "plan": "<gold>",
+    "city": "São Paulo & Co/1?x=y",
+    "orders": 12,
+    "zero": 0,
+    "empty": "",
+    "member": True,
+    "score": 4.5,
+    "tags": ["a", "<b>"],
+}
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -281,6 +293,15 @@ def test_an_html_only_template_gets_its_generated_text_part() -> None:
         "{{ contact.attributes.plan }} {{ contact.attributes.missing }}",
         "{{ campaign.name }} {{ contact.email }} {{ contact.language }}",
         "{% autoescape off %}{{ contact.first_name }}{% endautoescape %}",
+        "{{ contact.attributes.city|urlencode }} {{ contact.email|urlencode }}",
+        "{{ contact.first_name|urlencode }}/{{ contact.attributes.plan|urlencode }}",
+        "You placed {{ contact.attributes.orders }} orders in {{ contact.attributes.city }}",
+        '{{ contact.attributes.zero|default:"none" }} {{ contact.attributes.empty|default:"-" }}',
+        "{{ contact.attributes.orders|urlencode }} {{ contact.attributes.plan }}",
+        "{{ contact.attributes.member }} {{ contact.attributes.plan }}",  # a boolean
+        "{{ contact.attributes.score }} {{ contact.attributes.tags }}",
+        "{{ contact.attributes.missing|urlencode }} {{ contact.attributes.plan }}",
+        "{{ contact.attributes.plan|urlencode:'' }} {{ contact.attributes.city|lower }}",
     ],
 )
 @pytest.mark.parametrize("first_name", ["", "<Ann & Bob>"])
@@ -289,7 +310,7 @@ def test_template_logic_renders_as_django_renders_it(body: str, first_name: str)
         name="Logic", subject=body + " x", text_body=body, html_body=f"<p>{body}</p>"
     )
 
-    assert_same_as_email_package(template, first_name=first_name, attributes={"plan": "<gold>"})
+    assert_same_as_email_package(template, first_name=first_name, attributes=ATTRIBUTES)
 
 
 def test_sender_reply_to_and_an_unusual_address_read_back_as_written() -> None:

@@ -5,6 +5,7 @@ server the dispatcher's endpoint URL points at."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -17,12 +18,18 @@ import requests
 from anymail.backends.test import EmailBackend as AnymailTestBackend
 from anymail.exceptions import AnymailAPIError
 from anymail.message import AnymailRecipientStatus
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from django.core import mail
+from django.core.exceptions import ValidationError
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
+from django.utils.html import escape
 
 from campaigns import services
 from campaigns.models import Campaign, CampaignItem
+from dispatchers import providers
 from dispatchers.models import Dispatcher
 from dispatchers.services import dispatcher_connection_test
 from dispatchers.transports import ConnectionLost, Outcome
@@ -345,17 +352,65 @@ def test_amazon_ses_signs_with_the_access_key_pair_from_the_api_key_field(
     assert body["Destination"]["ToAddresses"] == ["ann@example.org"]
 
 
+@pytest.mark.parametrize("provider", sorted(providers.PROVIDERS))
 def test_the_dispatcher_page_shows_the_webhook_url_to_paste_into_the_provider(
-    postmark: PostmarkServer, administrator_client: Client, settings: Any
+    provider: str, administrator_client: Client, settings: Any
 ) -> None:
     settings.HERALD_PUBLIC_URL = "https://herald.example.org"
     settings.HERALD_WEBHOOK_SECRET = ["herald:s3cret-hook"]
-    dispatcher = postmark_dispatcher(postmark)
+    settings.HERALD_MAILGUN_WEBHOOK_SIGNING_KEY = ""
+    dispatcher = make_dispatcher(
+        delivery_mode=Dispatcher.DeliveryMode.API, esp_provider=provider, esp_api_key="k:s"
+    )
     url = reverse("admin:dispatchers_dispatcher_change", args=[dispatcher.pk])
 
     page = administrator_client.get(url).content.decode()
-    assert "https://herald:s3cret-hook@herald.example.org/webhooks/postmark/tracking/" in page
+    webhook = f"https://herald:s3cret-hook@herald.example.org/webhooks/{provider}/{dispatcher.pk}/"
+    assert webhook in page
+    assert "Events to switch on: " + escape(providers.PROVIDERS[provider].webhook_events) in page
+    if providers.PROVIDERS[provider].webhook_key:
+        assert "Enter the webhook signing key below" in page
+    if provider == "amazon_ses":
+        assert "Enter the SNS topic ARN below" in page
 
     settings.HERALD_WEBHOOK_SECRET = []
     page = administrator_client.get(url).content.decode()
     assert "Set HERALD_WEBHOOK_SECRET (user:password) first" in page
+
+
+def test_the_webhook_signing_key_is_checked_stored_encrypted_and_never_shown(
+    administrator_client: Client,
+) -> None:
+    dispatcher = make_dispatcher(
+        delivery_mode=Dispatcher.DeliveryMode.API,
+        esp_provider="postal",
+        esp_api_key="api-key",
+        esp_api_url="https://postal.example.com",
+        esp_webhook_key="not a public key",
+    )
+    with pytest.raises(ValidationError) as refused:
+        dispatcher.full_clean()
+    assert "has no spaces" in str(refused.value.message_dict["esp_webhook_key"])
+    dispatcher.esp_webhook_key = "bm90LWEta2V5"
+    with pytest.raises(ValidationError) as refused:
+        dispatcher.full_clean()
+    assert "Not a public key" in str(refused.value.message_dict["esp_webhook_key"])
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    der = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    key = base64.b64encode(der).decode()
+    dispatcher.esp_webhook_key = key
+    dispatcher.full_clean()
+    dispatcher.save()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT esp_webhook_key FROM dispatchers_dispatcher WHERE id = %s", [dispatcher.pk]
+        )
+        assert key not in cursor.fetchone()[0]  # ciphertext at rest
+    url = reverse("admin:dispatchers_dispatcher_change", args=[dispatcher.pk])
+    page = administrator_client.get(url).content.decode()
+    assert key not in page
+    assert 'name="esp_webhook_key"' in page
+    assert "Signature checked with the stored webhook signing key" in page

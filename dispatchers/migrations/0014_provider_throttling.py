@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("dispatchers", "0011_sending_options"),
+        ("dispatchers", "0013_poolmember_weight"),
     ]
 
     operations = [
