@@ -377,6 +377,15 @@ class Campaign(models.Model):
         "their item is made. An autoresponder that answers joining a list sends only to "
         "those who join and are in the segment.",
     )
+    send_limit = models.PositiveIntegerField(
+        "send limit",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Optional: send to at most this many recipients of the audience, in "
+        "the order they joined Herald (suppressed ones do not count). Blank: everyone. "
+        "Not for autoresponders.",
+    )
     dispatcher = models.ForeignKey(Dispatcher, on_delete=models.PROTECT, related_name="campaigns")
     pool = models.ForeignKey(
         DispatcherPool,
@@ -435,6 +444,12 @@ class Campaign(models.Model):
             self._clean_channel()
         if self.kind == self.Kind.AUTORESPONDER:
             self._clean_trigger()
+            if self.send_limit is not None:
+                raise ValidationError(
+                    {
+                        "send_limit": "An autoresponder answers everyone who qualifies: leave it blank."
+                    }
+                )
 
     def _clean_trigger(self) -> None:
         if self.trigger == self.Trigger.DATE_ATTRIBUTE:

@@ -5,6 +5,7 @@ once: rows move only by conditional updates or under row locks."""
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import BooleanField, Exists, F, Max, Min, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Exists, F, Max, Min, OuterRef, Q, QuerySet, Sum
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -131,6 +132,7 @@ def campaign_duplicate(*, campaign: Campaign, user: AbstractBaseUser) -> Campaig
             date_attribute=campaign.date_attribute,
             date_offset_days=campaign.date_offset_days,
             only_segment=campaign.only_segment,
+            send_limit=campaign.send_limit,
             template=campaign.template,
             dispatcher=campaign.dispatcher,
             created_by=user,
@@ -290,6 +292,20 @@ def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]
     return done, page.inserted
 
 
+def _send_room(campaign: Campaign) -> int:
+    """How many more recipients the campaign's send limit lets in. Items
+    skipped (suppressed, unsubscribed) do not count: a page never holds
+    more contacts than there is room for, so the limit is never passed."""
+    if campaign.send_limit is None:
+        return sys.maxsize
+    taken = (
+        CampaignStatusCount.objects.filter(campaign_id=campaign.pk)
+        .exclude(status=S.SKIPPED)
+        .aggregate(n=Sum("count"))["n"]
+    )
+    return max(campaign.send_limit - (taken or 0), 0)
+
+
 def _items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, _Page | None]:
     with transaction.atomic():
         campaign = (
@@ -302,15 +318,24 @@ def _items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, _Pa
         )
         if campaign is None:
             return True, None
-        if campaign_has_rules(campaign):
-            page = _items_insert_audience(campaign, page_size)
+        page_size = min(page_size, _send_room(campaign))
+        page = None
+        if page_size == 0:
+            done = True  # the send limit is reached: the rest of the audience is left out
         else:
-            page = _items_insert(
-                _CAMPAIGN_PAGE,
-                {"after": campaign.generated_through, "campaign": campaign.pk, "size": page_size},
-            )
-        done = page.paged < page_size
-        campaign.generated_through = page.last_id or campaign.generated_through
+            if campaign_has_rules(campaign):
+                page = _items_insert_audience(campaign, page_size)
+            else:
+                page = _items_insert(
+                    _CAMPAIGN_PAGE,
+                    {
+                        "after": campaign.generated_through,
+                        "campaign": campaign.pk,
+                        "size": page_size,
+                    },
+                )
+            done = page.paged < page_size
+            campaign.generated_through = page.last_id or campaign.generated_through
         campaign.status = Campaign.Status.SENDING if done else Campaign.Status.GENERATING
         campaign.audience_complete = done
         campaign.started_at = campaign.started_at or timezone.now()
