@@ -447,7 +447,8 @@ class Campaign(models.Model):
             if self.send_limit is not None:
                 raise ValidationError(
                     {
-                        "send_limit": "An autoresponder answers everyone who qualifies: leave it blank."
+                        "send_limit": "An autoresponder answers everyone who qualifies: "
+                        "leave it blank."
                     }
                 )
 
