@@ -3,11 +3,13 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from . import providers
 from .domains import (
@@ -294,7 +296,7 @@ class DispatcherAdmin(admin.ModelAdmin):
         dkim_domain = signer.domain if signer else ""
         return_path = bounce_domain(obj).lower()
         return format_html_join(
-            "<br>",
+            mark_safe("<br>"),  # format_html_join escapes a plain separator
             "{}: {}",
             (
                 (
@@ -419,7 +421,7 @@ class DispatcherPoolAdmin(admin.ModelAdmin):
             return "Shown once the pool is saved."
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td>"
+            "<tr><td>{}</td><td>{} · {}</td><td>{} / {}</td><td>{}</td><td>{}</td>"
             '<td><span class="herald-badge herald-badge--{}">{}</span></td><td>{}</td>'
             "<td>{}</td></tr>",
             (
@@ -427,9 +429,9 @@ class DispatcherPoolAdmin(admin.ModelAdmin):
                     s.member.dispatcher.name,
                     s.member.priority,
                     s.member.weight,
-                    s.sent_last_hour,
-                    s.member.dispatcher.messages_per_hour,
-                    s.budget,
+                    intcomma(s.sent_last_hour),
+                    intcomma(s.member.dispatcher.messages_per_hour),
+                    intcomma(s.budget),
                     f"{s.share:.0%}",  # format_html escapes to text first
                     "ok" if s.healthy else "failed",
                     s.health,
@@ -440,8 +442,8 @@ class DispatcherPoolAdmin(admin.ModelAdmin):
             ),
         )
         return format_html(
-            '<table class="herald-table"><thead><tr><th>Dispatcher</th><th>Priority</th>'
-            "<th>Weight</th>"
+            '<table class="herald-table"><thead><tr><th>Dispatcher</th>'
+            "<th>Priority · weight</th>"
             "<th>Sent last hour / limit</th><th>Budget left</th><th>Share</th>"
             "<th>Health</th><th>Last failover</th><th>Providers slowed down</th></tr></thead>"
             "<tbody>{}</tbody></table>",
