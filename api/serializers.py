@@ -295,6 +295,7 @@ class CampaignSerializer(serializers.ModelSerializer):
             "exclude_lists",
             "exclude_segments",
             "only_segment",
+            "send_limit",
             "dispatcher",
             "pool",
             "status",

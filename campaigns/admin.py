@@ -288,6 +288,7 @@ class CampaignAdmin(admin.ModelAdmin):
         "exclude_lists",
         "exclude_segments",
         "only_segment",
+        "send_limit",
         "dispatcher",
         "pool",
         "scheduled_at",

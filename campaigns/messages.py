@@ -582,6 +582,7 @@ class SendingItem:
     token: str
     attempts: int
     first_attempt_at: datetime | None
+    provider_group: str
     contact: Recipient
 
 

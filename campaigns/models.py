@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from dispatchers.models import Dispatcher, DispatcherPool
 from smtpservers.validators import validate_header_value
@@ -376,6 +377,15 @@ class Campaign(models.Model):
         "their item is made. An autoresponder that answers joining a list sends only to "
         "those who join and are in the segment.",
     )
+    send_limit = models.PositiveIntegerField(
+        "send limit",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Optional: send to at most this many recipients of the audience, in "
+        "the order they joined Herald (suppressed ones do not count). Blank: everyone. "
+        "Not for autoresponders.",
+    )
     dispatcher = models.ForeignKey(Dispatcher, on_delete=models.PROTECT, related_name="campaigns")
     pool = models.ForeignKey(
         DispatcherPool,
@@ -434,6 +444,13 @@ class Campaign(models.Model):
             self._clean_channel()
         if self.kind == self.Kind.AUTORESPONDER:
             self._clean_trigger()
+            if self.send_limit is not None:
+                raise ValidationError(
+                    {
+                        "send_limit": "An autoresponder answers everyone who qualifies: "
+                        "leave it blank."
+                    }
+                )
 
     def _clean_trigger(self) -> None:
         if self.trigger == self.Trigger.DATE_ATTRIBUTE:
@@ -473,7 +490,9 @@ class Batch(models.Model):
     lease ran out (its worker died) is reclaimed by the next run."""
 
     dispatcher = models.ForeignKey(Dispatcher, on_delete=models.CASCADE, related_name="batches")
-    created_at = models.DateTimeField(auto_now_add=True)
+    # When the claim reserved its budget, on the claim's own clock: what is
+    # given back goes to that minute of the rate ledger, the one it was spent in.
+    created_at = models.DateTimeField(default=timezone.now)
     lease_expires_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -534,6 +553,11 @@ class CampaignItem(models.Model):
     # default too, as item generation inserts rows in SQL.
     provider_status = models.CharField(max_length=12, blank=True, default="", db_default="")
     skip_reason = models.CharField(max_length=32, blank=True)
+    # The recipient's mailbox provider (google, microsoft, yahoo, apple) or,
+    # for any other, its domain: what per-provider rates are counted by.
+    # Set when items are generated; "" for items made otherwise (not
+    # throttled per provider).
+    provider_group = models.CharField(max_length=253, blank=True, default="", db_default="")
     # First human open and click (tracking); machine fetches do not set them.
     opened_at = models.DateTimeField(null=True, blank=True)
     clicked_at = models.DateTimeField(null=True, blank=True)

@@ -347,10 +347,16 @@ def recipients_export_rows(*, campaign: Campaign, status: str = "") -> Iterator[
 class AudienceCounts:
     total: int  # distinct contacts on the campaign's lists
     suppressed: int  # of those: suppressed, unsubscribed, bounced or complained
+    limit: int | None = None  # the campaign's send limit
 
     @property
     def receiving(self) -> int:
-        return self.total - self.suppressed
+        reachable = self.total - self.suppressed
+        return reachable if self.limit is None else min(reachable, self.limit)
+
+    @property
+    def limited(self) -> bool:
+        return self.receiving < self.total - self.suppressed
 
 
 _AUDIENCE = """
@@ -372,4 +378,4 @@ def audience_counts(*, campaign: Campaign) -> AudienceCounts:
     with connection.cursor() as cur:
         cur.execute(sql, params)
         total, suppressed = cur.fetchone()
-    return AudienceCounts(total=total, suppressed=suppressed)
+    return AudienceCounts(total=total, suppressed=suppressed, limit=campaign.send_limit)

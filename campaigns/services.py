@@ -6,23 +6,48 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Exists, F, Min, OuterRef, Q, Subquery
+from django.db.models import (
+    BooleanField,
+    Exists,
+    F,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+)
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from dispatchers.models import Dispatcher
+from dispatchers.mailbox_providers import known_provider_sql, mail_domains_resolve
+from dispatchers.models import Dispatcher, MailDomain, ProviderRate
 from dispatchers.pool import Completion, SendPool, SmtpSendPool, send_pool_for
 from dispatchers.ratelimit import rate_budget, rate_refund, rate_spend, rate_usage_prune
 from dispatchers.services import dispatcher_pause, pool_member_fail, pool_member_record_failover
 from dispatchers.signing import signer_for
+from dispatchers.throttle import (
+    ProviderPlan,
+    configured_rate,
+    provider_plan,
+    provider_rates,
+    provider_throttle_record,
+    provider_usage_prune,
+    provider_usage_spend,
+)
 from dispatchers.transports import ConnectionLost, Outcome, SendResult
 from dispatchers.transports.base import WireMessage
 from jobs.locks import BATCHES, advisory_lock
@@ -121,6 +146,7 @@ def campaign_duplicate(*, campaign: Campaign, user: AbstractBaseUser) -> Campaig
             date_attribute=campaign.date_attribute,
             date_offset_days=campaign.date_offset_days,
             only_segment=campaign.only_segment,
+            send_limit=campaign.send_limit,
             template=campaign.template,
             dispatcher=campaign.dispatcher,
             created_by=user,
@@ -155,7 +181,7 @@ _CAMPAIGN_PAGE = """
 
 _ITEMS_FROM_PAGE = """
 WITH page AS ({page}), verdict AS (
-    SELECT p.id,
+    SELECT p.id, split_part(lower(p.email), '@', 2) AS domain,
         CASE WHEN p.status <> 'active' THEN p.status
              WHEN EXISTS (
                 SELECT 1 FROM {suppression} x
@@ -163,17 +189,28 @@ WITH page AS ({page}), verdict AS (
              THEN 'suppressed'
              ELSE '' END AS reason
     FROM page p
+), grouped AS (
+    -- The recipient's mailbox provider: a well-known domain's, else what
+    -- its last MX look-up found, else the domain is its own group.
+    SELECT v.*, md.domain IS NULL OR md.resolved_at < now() - interval '{mx_ttl} hours'
+                OR (md.error <> '' AND md.resolved_at < now() - interval '1 hour') AS stale,
+           COALESCE(NULLIF(v.known, ''), NULLIF(md.provider, ''), v.domain) AS provider_group
+    FROM (SELECT verdict.*, {known} AS known FROM verdict) v
+    LEFT JOIN {mail_domain} md ON md.domain = v.domain
 ), inserted AS (
     INSERT INTO {item} (campaign_id, contact_id, status, skip_reason, token, attempts,
-                        possibly_duplicated, smtp_response, queue_id)
-    SELECT %(campaign)s, v.id,
-           CASE WHEN v.reason = '' THEN 'pending' ELSE 'skipped' END,
-           v.reason, md5(gen_random_uuid()::text), 0, false, '', ''
-    FROM verdict v
+                        possibly_duplicated, smtp_response, queue_id, provider_group)
+    SELECT %(campaign)s, g.id,
+           CASE WHEN g.reason = '' THEN 'pending' ELSE 'skipped' END,
+           g.reason, md5(gen_random_uuid()::text), 0, false, '', '', g.provider_group
+    FROM grouped g
     ON CONFLICT (campaign_id, contact_id) DO NOTHING
-    RETURNING 1
+    RETURNING id
 )
-SELECT (SELECT count(*) FROM page), (SELECT max(id) FROM page), (SELECT count(*) FROM inserted)
+SELECT (SELECT count(*) FROM page), (SELECT max(id) FROM page), (SELECT count(*) FROM inserted),
+       (SELECT min(id) FROM inserted), (SELECT max(id) FROM inserted),
+       (SELECT array_agg(DISTINCT g.domain) FROM grouped g
+        WHERE g.stale AND g.reason = '' AND g.known = '')
 """
 
 
@@ -185,19 +222,33 @@ def _items_sql(page: str) -> str:
         "suppression": Suppression._meta.db_table,
         "item": CampaignItem._meta.db_table,
     }
-    return _ITEMS_FROM_PAGE.format(page=page.format(**tables), **tables)
+    return _ITEMS_FROM_PAGE.format(
+        page=page.format(**tables),
+        mail_domain=MailDomain._meta.db_table,
+        known=known_provider_sql("verdict.domain"),
+        mx_ttl=int(settings.HERALD_PROVIDER_MX_TTL_HOURS),
+        **tables,
+    )
 
 
-def _items_insert(page: str, params: dict[str, object]) -> tuple[int, int | None, int]:
-    """Run one page; returns (contacts paged, last contact id, items inserted)."""
+@dataclass(frozen=True)
+class _Page:
+    paged: int  # contacts in the page
+    last_id: int | None  # the page's last contact id
+    inserted: int  # items inserted
+    first_item: int | None  # the range of the inserted items' ids
+    last_item: int | None
+    unknown_domains: list[str] | None  # domains whose provider is to be looked up
+
+
+def _items_insert(page: str, params: dict[str, object]) -> _Page:
+    """Run one page of an audience into items."""
     with connection.cursor() as cur:
         cur.execute(_items_sql(page), params)
-        return cur.fetchone()
+        return _Page(*cur.fetchone())
 
 
-def _items_insert_query(
-    campaign: Campaign, page: str, params: list[object]
-) -> tuple[int, int | None, int]:
+def _items_insert_query(campaign: Campaign, page: str, params: list[object]) -> _Page:
     """A page built by campaigns/audience.py (with positional parameters, so
     the rest of the statement takes the campaign id positionally too)."""
     # Name the columns whatever aliases the ORM chose for them.
@@ -205,10 +256,37 @@ def _items_insert_query(
     sql = _items_sql("__PAGE__").replace("%(campaign)s", "%s").replace("__PAGE__", page)
     with connection.cursor() as cur:
         cur.execute(sql, [*params, campaign.pk])
-        return cur.fetchone()
+        return _Page(*cur.fetchone())
 
 
-def _items_insert_audience(campaign: Campaign, page_size: int) -> tuple[int, int | None, int]:
+def items_group_by_mx(*, campaign_id: int, page: _Page) -> int:
+    """Look up the MX of a generated page's unknown recipient domains
+    (only when some dispatcher throttles per provider), and move the
+    page's items of domains hosted by Google, Microsoft, ... into that
+    provider's group. After the page is committed: a claim that takes an
+    item first counts it against its domain, which holds nothing back."""
+    if not page.unknown_domains or page.first_item is None or not ProviderRate.objects.exists():
+        return 0
+    found = mail_domains_resolve(domains=page.unknown_domains)
+    if not found:
+        return 0
+    values = ", ".join(["(%s, %s)"] * len(found))
+    params: list[object] = [x for pair in found.items() for x in pair]
+    sql = f"""
+        UPDATE {CampaignItem._meta.db_table} AS i
+        SET provider_group = COALESCE(NULLIF(m.provider, ''), m.domain)
+        FROM {Contact._meta.db_table} AS c, (VALUES {values}) AS m(domain, provider)
+        WHERE i.campaign_id = %s AND i.id BETWEEN %s AND %s
+          AND i.status IN ('{S.PENDING.value}', '{S.DEFERRED.value}')
+          AND c.id = i.contact_id AND split_part(lower(c.email), '@', 2) = m.domain
+          AND i.provider_group <> COALESCE(NULLIF(m.provider, ''), m.domain)
+    """
+    with connection.cursor() as cur:
+        cur.execute(sql, [*params, campaign_id, page.first_item, page.last_item])
+        return cur.rowcount
+
+
+def _items_insert_audience(campaign: Campaign, page_size: int) -> _Page:
     """A page of an audience with segments or exclusions."""
     page, params = audience_page_sql(
         campaign=campaign, after=campaign.generated_through, size=page_size
@@ -221,6 +299,28 @@ def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]
 
     The campaign row is locked (SKIP LOCKED) for the page, so a second
     generator running at the same time simply moves on."""
+    done, page = _items_generate_page(campaign_id=campaign_id, page_size=page_size)
+    if page is None:
+        return done, 0
+    items_group_by_mx(campaign_id=campaign_id, page=page)
+    return done, page.inserted
+
+
+def _send_room(campaign: Campaign) -> int:
+    """How many more recipients the campaign's send limit lets in. Items
+    skipped (suppressed, unsubscribed) do not count: a page never holds
+    more contacts than there is room for, so the limit is never passed."""
+    if campaign.send_limit is None:
+        return sys.maxsize
+    taken = (
+        CampaignStatusCount.objects.filter(campaign_id=campaign.pk)
+        .exclude(status=S.SKIPPED)
+        .aggregate(n=Sum("count"))["n"]
+    )
+    return max(campaign.send_limit - (taken or 0), 0)
+
+
+def _items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, _Page | None]:
     with transaction.atomic():
         campaign = (
             Campaign.objects.select_for_update(skip_locked=True)
@@ -231,16 +331,25 @@ def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]
             .first()
         )
         if campaign is None:
-            return True, 0
-        if campaign_has_rules(campaign):
-            paged, last_id, inserted = _items_insert_audience(campaign, page_size)
+            return True, None
+        page_size = min(page_size, _send_room(campaign))
+        page = None
+        if page_size == 0:
+            done = True  # the send limit is reached: the rest of the audience is left out
         else:
-            paged, last_id, inserted = _items_insert(
-                _CAMPAIGN_PAGE,
-                {"after": campaign.generated_through, "campaign": campaign.pk, "size": page_size},
-            )
-        done = paged < page_size
-        campaign.generated_through = last_id or campaign.generated_through
+            if campaign_has_rules(campaign):
+                page = _items_insert_audience(campaign, page_size)
+            else:
+                page = _items_insert(
+                    _CAMPAIGN_PAGE,
+                    {
+                        "after": campaign.generated_through,
+                        "campaign": campaign.pk,
+                        "size": page_size,
+                    },
+                )
+            done = page.paged < page_size
+            campaign.generated_through = page.last_id or campaign.generated_through
         campaign.status = Campaign.Status.SENDING if done else Campaign.Status.GENERATING
         campaign.audience_complete = done
         campaign.started_at = campaign.started_at or timezone.now()
@@ -253,7 +362,7 @@ def items_generate_page(*, campaign_id: int, page_size: int) -> tuple[bool, int]
                 "updated_at",
             ]
         )
-        return done, inserted
+        return done, page
 
 
 def items_generate(*, now: datetime | None = None, page_size: int | None = None) -> int:
@@ -289,9 +398,10 @@ def autoresponders_process(*, now: datetime | None = None, page_size: int | None
     for campaign in autoresponders:
         while True:
             page, params = autoresponder_page_sql(campaign=campaign, now=now, size=page_size)
-            paged, _, inserted = _items_insert_query(campaign, page, params)
-            total += inserted
-            if paged < page_size or not inserted:
+            found = _items_insert_query(campaign, page, params)
+            items_group_by_mx(campaign_id=campaign.pk, page=found)
+            total += found.inserted
+            if found.paged < page_size or not found.inserted:
                 break
     return total
 
@@ -314,32 +424,102 @@ def _enqueue_batch(batch: Batch, queue: str) -> None:
 # batches put back) wait at most that many claims. A hint only: any
 # process may claim any item, and a stale cursor costs a sweep, not an item.
 CLAIM_SWEEP_EVERY = 10
-_claim_cursors: dict[int, tuple[int, int]] = {}  # dispatcher id -> (last id, claims since sweep)
+
+# Claims go in (campaign, item id) order, the order of item_due_idx. The
+# cursor is compared as a row, "(campaign_id, id) > (c, n)": PostgreSQL can
+# only answer that from item_due_idx, whose entries for items already sent
+# are dead and soon skipped unread. Given "id > n" alone it would walk the
+# primary key instead, past every item already sent (it assumes pending
+# items are spread evenly, when they all lie at the end): 300 ms a claim at
+# 250,000 sent, ever slower as a campaign drains.
+Key = tuple[int, int]  # (campaign id, item id)
+START: Key = (0, 0)
+_claim_cursors: dict[int, tuple[Key, int]] = {}  # dispatcher id -> (last key, claims since sweep)
+
+
+def _beyond(key: Key, *, behind: bool = False) -> RawSQL:
+    table = CampaignItem._meta.db_table
+    op = "<=" if behind else ">"
+    return RawSQL(
+        f'("{table}"."campaign_id", "{table}"."id") {op} (%s, %s)', key, output_field=BooleanField()
+    )
 
 
 def _due_ids(
-    *, dispatcher: Dispatcher, campaigns: list[int], wanted: int, now: datetime
+    *,
+    dispatcher: Dispatcher,
+    campaigns: list[int],
+    wanted: int,
+    now: datetime,
+    plan: ProviderPlan | None = None,
 ) -> list[int]:
     dispatcher_id = dispatcher.pk
     due = (
         CampaignItem.objects.select_for_update(skip_locked=True, of=("self",))
-        .filter(campaign_id__in=campaigns)
-        .filter(Q(status=S.PENDING) | Q(status=S.DEFERRED, next_attempt_at__lte=now))
-        .order_by("id")
-        .values_list("id", flat=True)
+        .filter(campaign_id__in=campaigns, status__in=(S.PENDING, S.DEFERRED))
+        .filter(Q(status=S.PENDING) | Q(next_attempt_at__lte=now))
+        .order_by("campaign_id", "id")
     )
-    after, since_sweep = _claim_cursors.get(dispatcher_id, (0, 0))
+    take = _take if plan is None else partial(_take_within_provider_rates, plan=plan)
+    after, since_sweep = _claim_cursors.get(dispatcher_id, (START, 0))
     if since_sweep >= CLAIM_SWEEP_EVERY:
-        after = 0
-    ids = list(due.filter(id__gt=after)[:wanted])
-    if len(ids) == wanted:
-        _claim_cursors[dispatcher_id] = (ids[-1], since_sweep + 1 if after else 1)
-        return ids
+        after = START
+    keys = take(due.filter(_beyond(after)), wanted)
+    if len(keys) == wanted:
+        _claim_cursors[dispatcher_id] = (keys[-1], since_sweep + 1 if after != START else 1)
+        return [item_id for _, item_id in keys]
     # The end: sweep what lies behind the cursor, and start over next time.
-    if after:
-        ids += list(due.filter(id__lte=after)[: wanted - len(ids)])
-    _claim_cursors[dispatcher_id] = (0, 0)
-    return ids
+    if after != START:
+        keys += take(due.filter(_beyond(after, behind=True)), wanted - len(keys))
+    _claim_cursors[dispatcher_id] = (START, 0)
+    return [item_id for _, item_id in keys]
+
+
+# Dispatcher id -> (minute, groups out of budget) of a claim that found
+# nothing but items of those groups. Until the minute ends or a group gets
+# budget back, the next claims of this process skip the query: it would
+# walk past every one of those items again (half a million of them, when
+# Gmail's share of a big campaign waits for its next minute). Items of
+# other groups that become due meanwhile wait at most that minute.
+_nothing_but_held: dict[int, tuple[datetime, tuple[str, ...]]] = {}
+
+
+def _held_back(
+    dispatcher: Dispatcher, plan: ProviderPlan | None
+) -> tuple[datetime, tuple[str, ...]] | None:
+    if plan is None or not (exhausted := plan.exhausted()):
+        return None
+    return plan.now.replace(second=0, microsecond=0), tuple(exhausted)
+
+
+def _take(due: QuerySet[CampaignItem], wanted: int) -> list[Key]:
+    return list(due.values_list("campaign_id", "id")[:wanted])
+
+
+# A claim skips over at most this many pages of items whose provider has
+# no budget left (those it can tell in advance are left out in SQL).
+PROVIDER_ROUNDS = 4
+
+
+def _take_within_provider_rates(
+    due: QuerySet[CampaignItem], wanted: int, *, plan: ProviderPlan
+) -> list[Key]:
+    """Due items, in order, whose provider group still has budget this
+    minute: the others stay pending, untouched, while the rest flow."""
+    keys: list[Key] = []
+    page = due
+    for _ in range(PROVIDER_ROUNDS):
+        if exhausted := plan.exhausted():
+            page = page.exclude(provider_group__in=exhausted)
+        short = wanted - len(keys)
+        rows = list(page.values_list("campaign_id", "id", "provider_group")[:short])
+        keys += [
+            (campaign_id, item_id) for campaign_id, item_id, group in rows if plan.admit(group)
+        ]
+        if len(rows) < short or len(keys) == wanted:
+            break
+        page = due.filter(_beyond(rows[-1][:2]))
+    return keys
 
 
 # Items that count against a sending task's limit: handed to the transport,
@@ -377,8 +557,11 @@ def _within_task_limit(
     return left, wanted
 
 
-def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | None:
-    """Reserve budget and claim up to one batch of due items.
+def batch_claim(
+    *, dispatcher_id: int, now: datetime | None = None, most: int | None = None
+) -> Batch | None:
+    """Reserve budget and claim up to one batch of due items (at most
+    ``most``: a pool member's turn).
 
     The dispatcher row is locked for the transaction, so the rate check
     and the spend are one step for all workers together."""
@@ -396,21 +579,35 @@ def batch_claim(*, dispatcher_id: int, now: datetime | None = None) -> Batch | N
         open_batches = Batch.objects.filter(dispatcher=dispatcher, finished_at__isnull=True)
         if open_batches.count() >= MAX_OPEN_BATCHES:
             return None
-        wanted = min(dispatcher.batch_size, rate_budget(dispatcher=dispatcher, now=now))
+        wanted = min(
+            dispatcher.batch_size,
+            most or dispatcher.batch_size,
+            rate_budget(dispatcher=dispatcher, now=now),
+        )
         if wanted <= 0:
             return None
         campaigns = _campaigns_served(dispatcher)
         if dispatcher.task_message_limit:
             campaigns, wanted = _within_task_limit(dispatcher, campaigns, wanted)
-        ids = _due_ids(dispatcher=dispatcher, campaigns=campaigns, wanted=wanted, now=now)
+        plan = provider_plan(dispatcher=dispatcher, now=now)
+        held = _held_back(dispatcher, plan)
+        if held is not None and _nothing_but_held.get(dispatcher.pk) == held:
+            return None
+        ids = _due_ids(
+            dispatcher=dispatcher, campaigns=campaigns, wanted=wanted, now=now, plan=plan
+        )
         if not ids:
+            if held is not None:
+                _nothing_but_held[dispatcher.pk] = held
             return None
         lease = timedelta(seconds=settings.HERALD_BATCH_LEASE_SECONDS)
         batch = Batch.objects.create(
-            dispatcher=dispatcher, lease_expires_at=now + lease, size=len(ids)
+            dispatcher=dispatcher, created_at=now, lease_expires_at=now + lease, size=len(ids)
         )
         CampaignItem.objects.filter(id__in=ids).update(status=S.CLAIMED, batch=batch)
         rate_spend(dispatcher=dispatcher, count=len(ids), now=now)
+        if plan is not None:
+            provider_usage_spend(dispatcher=dispatcher, taken=plan.taken, now=now)
         queue = dispatcher.queue
         transaction.on_commit(lambda: _enqueue_batch(batch, queue))
         return batch
@@ -430,10 +627,63 @@ def _campaigns_served(dispatcher: Dispatcher) -> list[int]:
 def batch_successor_claim(*, batch_id: int) -> Batch | None:
     """Claim the next batch for the dispatcher a finished batch belonged to,
     so a worker that has just freed up need not wait for the next
-    process-messages run: the limits hold as for any claim."""
+    process-messages run: the limits hold as for any claim, and a pool
+    member takes no more than its turn."""
     dispatcher_id = Batch.objects.filter(pk=batch_id).values_list("dispatcher_id", flat=True)
     first = dispatcher_id.first()
-    return batch_claim(dispatcher_id=first) if first is not None else None
+    if first is None:
+        return None
+    group = next((g for g in _claim_groups().values() if first in {m[0] for m in g}), [])
+    return batch_claim(dispatcher_id=first, most=_turns(group).get(first))
+
+
+Member = tuple[int, int, int]  # dispatcher id, weight, batch size
+
+
+def _claim_groups() -> dict[int, list[Member]]:
+    """Enabled dispatchers by priority; 0 holds those in no pool."""
+    rows = (
+        Dispatcher.objects.filter(is_enabled=True)
+        .annotate(
+            priority=Coalesce(Min("pool_memberships__priority"), 0),
+            weight=Coalesce(Max("pool_memberships__weight"), 1),
+        )
+        .order_by("priority", "pk")
+        .values_list("pk", "priority", "weight", "batch_size")
+    )
+    groups: dict[int, list[Member]] = {}
+    for pk, priority, weight, batch_size in rows:
+        groups.setdefault(priority, []).append((pk, weight if priority else 1, batch_size))
+    return groups
+
+
+def _turns(members: list[Member]) -> dict[int, int]:
+    """The most one claim of each member may take. Of equal weights, a whole
+    batch; of unequal ones, its weight times the group's unit (the largest
+    that fits every member's batch size), so the work splits by weight."""
+    if len({weight for _, weight, _ in members}) <= 1:
+        return {pk: size for pk, _, size in members}
+    unit = max(min(size // weight for _, weight, size in members), 1)
+    return {pk: weight * unit for pk, weight, _ in members}
+
+
+def _claim_group(members: list[Member], now: datetime) -> int:
+    """Claim for a group of equal priority until none has budget or work
+    left, the one furthest behind its share taking the next turn; the turns
+    are sized again among those left whenever one drops out."""
+    weights = {pk: weight for pk, weight, _ in members}
+    taken = dict.fromkeys(weights, 0)
+    turns = _turns(members)
+    claimed = 0
+    while turns:
+        dispatcher_id = min(turns, key=lambda pk: taken[pk] / weights[pk])
+        batch = batch_claim(dispatcher_id=dispatcher_id, now=now, most=turns[dispatcher_id])
+        if batch is None:
+            turns = _turns([m for m in members if m[0] in turns and m[0] != dispatcher_id])
+            continue
+        taken[dispatcher_id] += batch.size
+        claimed += batch.size
+    return claimed
 
 
 def messages_process(*, now: datetime | None = None) -> int:
@@ -441,17 +691,11 @@ def messages_process(*, now: datetime | None = None) -> int:
     Returns the items it moved (released plus claimed)."""
     now = now or timezone.now()
     claimed = batches_reclaim(now=now)
+    provider_usage_prune(now=now)  # one row per domain and minute: kept an hour only
     # Pool members claim in order of priority, so the first ones spend
-    # their budget before the next are asked.
-    dispatchers = (
-        Dispatcher.objects.filter(is_enabled=True)
-        .annotate(priority=Coalesce(Min("pool_memberships__priority"), 0))
-        .order_by("priority", "pk")
-        .values_list("pk", flat=True)
-    )
-    for dispatcher_id in dispatchers:
-        while (batch := batch_claim(dispatcher_id=dispatcher_id, now=now)) is not None:
-            claimed += batch.size
+    # their budget before the next are asked; equals share by weight.
+    for _, members in sorted(_claim_groups().items()):
+        claimed += _claim_group(members, now)
     return claimed
 
 
@@ -503,6 +747,11 @@ def batches_reclaim(*, now: datetime) -> int:
 # --- send one batch ----------------------------------------------------------
 
 
+# A message its provider refused as sent too fast goes again after this:
+# the next minute's budget, at the rate that was just cut down.
+THROTTLED_RETRY = timedelta(minutes=1)
+
+
 def _retry_delay(attempts: int) -> timedelta:
     first = settings.HERALD_RETRY_FIRST_SECONDS
     return timedelta(
@@ -528,6 +777,7 @@ def _verdict(item: CampaignItem | SendingItem, result: SendResult, now: datetime
 def items_record_results(
     *,
     results: list[tuple[CampaignItem | SendingItem, SendResult, datetime]],
+    throttled: Collection[int] = (),
     on_wire: tuple[int, int] | None = None,
 ) -> list[str]:
     """Write many items' verdicts (each with the time it came back) in one
@@ -535,7 +785,11 @@ def items_record_results(
     their batch are written, so a batch released meanwhile is left alone.
     ``on_wire``: (batch id, item id), the batch's items up to that id about
     to go on the wire, its mark moved so in the same statement (one round
-    trip instead of two)."""
+    trip instead of two).
+
+    Items in ``throttled`` were refused only because their provider wants
+    a slower pace: retried after a minute, without counting an attempt (so
+    without lengthening their back-off)."""
     if not results and not on_wire:
         return []
     rows = []
@@ -543,7 +797,10 @@ def items_record_results(
     for item, result, now in results:
         status = _verdict(item, result, now)
         statuses.append(status)
-        retry_at = now + _retry_delay(item.attempts + 1) if status == S.DEFERRED else None
+        slowed = item.pk in throttled
+        retry_at = None
+        if status == S.DEFERRED:
+            retry_at = now + (THROTTLED_RETRY if slowed else _retry_delay(item.attempts + 1))
         rows.append(
             (
                 item.pk,
@@ -554,6 +811,7 @@ def items_record_results(
                 result.queue_id[:100],
                 now.isoformat(),
                 retry_at and retry_at.isoformat(),
+                0 if slowed else 1,
             )
         )
     with connection.cursor() as cur:
@@ -583,7 +841,7 @@ _RECORD_SQL = f"""
     )
     UPDATE {CampaignItem._meta.db_table} AS i SET
         status = v.status,
-        attempts = i.attempts + 1,
+        attempts = i.attempts + v.attempt,
         sending_started_at = NULL,
         smtp_code = v.code,
         smtp_response = v.response,
@@ -598,7 +856,8 @@ _RECORD_SQL = f"""
     FROM (
         SELECT (r->>0)::bigint AS id, (r->>1)::bigint AS batch_id, r->>2 AS status,
                (r->>3)::integer AS code, r->>4 AS response, r->>5 AS queue_id,
-               (r->>6)::timestamptz AS at, (r->>7)::timestamptz AS retry_at
+               (r->>6)::timestamptz AS at, (r->>7)::timestamptz AS retry_at,
+               (r->>8)::integer AS attempt
         FROM jsonb_array_elements(%s::jsonb) AS r
     ) AS v
     WHERE i.id = v.id AND i.batch_id = v.batch_id AND i.status = '{S.CLAIMED.value}'
@@ -686,17 +945,20 @@ def _synchronous_commit(on: bool) -> None:
         cur.execute(f"SET synchronous_commit TO {'on' if on else 'off'}")
 
 
-def batch_send(*, batch_id: int) -> int:
-    """The outbound job for one batch. Returns how many items it settled."""
+def batch_send(*, batch_id: int, now: datetime | None = None) -> int:
+    """The outbound job for one batch. Returns how many items it settled.
+    ``now`` is the clock of the claims (a back-off starts from it)."""
     with advisory_lock(space=BATCHES, key=batch_id) as mine:
         if not mine:
             return 0  # another worker is sending this batch right now
         batch = Batch.objects.select_related("dispatcher__smtp_server").get(pk=batch_id)
         if batch.finished_at is not None:
             return 0  # a redelivered task for a batch already done
-        now = timezone.now()
+        started = now or timezone.now()
         lease = timedelta(seconds=settings.HERALD_BATCH_LEASE_SECONDS)
-        Batch.objects.filter(pk=batch_id).update(started_at=now, lease_expires_at=now + lease)
+        Batch.objects.filter(pk=batch_id).update(
+            started_at=started, lease_expires_at=started + lease
+        )
         runner: type[BatchRun] = _BatchRun
         if batch.dispatcher.type == Dispatcher.Type.SMS:
             from .sms import SmsBatchRun  # sms.py imports this module: late
@@ -708,7 +970,7 @@ def batch_send(*, batch_id: int) -> int:
             run.send_all()
         finally:
             _synchronous_commit(True)
-        run.close()
+        run.close(now=now)
         return run.settled
 
 
@@ -756,13 +1018,13 @@ class BatchRun:
         else:
             self.errors[campaign_id] = self.errors.get(campaign_id, 0) + 1
 
-    def _stop(self, error: str) -> None:
+    def _stop(self, error: str, now: datetime) -> None:
         """Retrying cannot help: stop the dispatcher and say what to fix."""
-        dispatcher_stop(dispatcher=self.dispatcher, error=error)
+        dispatcher_stop(dispatcher=self.dispatcher, error=error, now=now)
 
-    def close(self) -> None:
+    def close(self, now: datetime | None = None) -> None:
         """Settle the batch: give back what was not sent, update health."""
-        now = timezone.now()
+        now = now or timezone.now()
         # Alive to the end, the run knows which items may be on the wire
         # (sending_started_at, set by _lose): the mark is no longer needed.
         Batch.objects.filter(pk=self.batch.pk).update(on_wire_through=None)
@@ -771,9 +1033,9 @@ class BatchRun:
         else:
             Batch.objects.filter(pk=self.batch.pk, finished_at__isnull=True).update(finished_at=now)
         if self.lost is not None and self.lost.retry_pointless:
-            self._stop(str(self.lost))
+            self._stop(str(self.lost), now)
         elif self.lost is not None and self.settled == 0:
-            dispatcher_record_failure(dispatcher=self.dispatcher, error=str(self.lost))
+            dispatcher_record_failure(dispatcher=self.dispatcher, error=str(self.lost), now=now)
         elif self.settled:
             dispatcher_record_success(dispatcher=self.dispatcher)
         for campaign_id, errors in self.errors.items():
@@ -783,7 +1045,15 @@ class BatchRun:
 
 
 # The fields of SendingItem and Recipient, in their order.
-_ITEM_FIELDS = ("id", "campaign_id", "batch_id", "token", "attempts", "first_attempt_at")
+_ITEM_FIELDS = (
+    "id",
+    "campaign_id",
+    "batch_id",
+    "token",
+    "attempts",
+    "first_attempt_at",
+    "provider_group",
+)
 _RECIPIENT_FIELDS = tuple(
     f"contact__{name}"
     for name in ("id", "email", "first_name", "last_name", "language", "attributes", "status")
@@ -824,6 +1094,7 @@ class _BatchRun(BatchRun):
         self.results: list[tuple[SendingItem, SendResult, datetime]] = []
         self.oldest_result = 0.0
         self.chunk = write_chunk(connections=self.dispatcher.connections)
+        self.provider_rates = provider_rates(dispatcher=self.dispatcher)
 
     def items(self) -> Iterator[SendingItem]:
         # Plain rows, not model instances (campaigns once per batch, in
@@ -944,10 +1215,36 @@ class _BatchRun(BatchRun):
 
     def _write_results(self, on_wire: tuple[int, int] | None = None) -> None:
         results, self.results = self.results, []
-        statuses = items_record_results(results=results, on_wire=on_wire)
+        throttled = {
+            item.pk: result
+            for item, result, _ in results
+            if result.throttled and configured_rate(self.provider_rates, item.provider_group)
+        }
+        statuses = items_record_results(results=results, throttled=throttled, on_wire=on_wire)
         self.settled += len(results)
         for (item, _, _), status in zip(results, statuses, strict=True):
-            self._count(item.campaign_id, ok=status == S.SENT)
+            if item.pk not in throttled:  # a pace to slow down to, not a campaign's error
+                self._count(item.campaign_id, ok=status == S.SENT)
+        self._slow_down(results, throttled)
+
+    def _slow_down(
+        self,
+        results: list[tuple[SendingItem, SendResult, datetime]],
+        throttled: dict[int, SendResult],
+    ) -> None:
+        """Each provider that refused messages as sent too fast gets slower."""
+        replies = {
+            item.provider_group: throttled[item.pk]
+            for item, _, _ in results
+            if item.pk in throttled
+        }
+        for group, result in replies.items():
+            provider_throttle_record(
+                dispatcher=self.dispatcher,
+                group=group,
+                reply=f"{result.code} {result.text}",
+                claimed_at=self.batch.created_at,
+            )
 
     def _write_skips(self) -> None:
         for reason, items in self.skipped.items():
@@ -982,14 +1279,16 @@ def batch_sending_campaigns(batch: Batch) -> set[int]:
 # --- health: dispatchers and campaigns that keep failing ---------------------
 
 
-def dispatcher_record_failure(*, dispatcher: Dispatcher, error: str) -> None:
+def dispatcher_record_failure(
+    *, dispatcher: Dispatcher, error: str, now: datetime | None = None
+) -> None:
     """A batch could not reach or log in to its server. Enough of those in a
     row pause the dispatcher, instead of burning through the audience."""
     Dispatcher.objects.filter(pk=dispatcher.pk).update(
         consecutive_failures=F("consecutive_failures") + 1, last_error=error[:500]
     )
     dispatcher.refresh_from_db(fields=["consecutive_failures", "is_enabled"])
-    if pool_member_fail(dispatcher=dispatcher, error=error):
+    if pool_member_fail(dispatcher=dispatcher, error=error, now=now):
         return  # out of rotation for a while; the pool's other members go on
     limit = settings.HERALD_DISPATCHER_MAX_FAILURES
     if dispatcher.is_enabled and dispatcher.consecutive_failures >= limit:
@@ -1003,11 +1302,11 @@ def dispatcher_record_failure(*, dispatcher: Dispatcher, error: str) -> None:
             )
 
 
-def dispatcher_stop(*, dispatcher: Dispatcher, error: str) -> None:
+def dispatcher_stop(*, dispatcher: Dispatcher, error: str, now: datetime | None = None) -> None:
     """Retrying cannot help (login rejected, server deactivated): pause at
     once and tell the administrators what to do."""
     reason = f"Stopped: {error}"
-    pool_member_record_failover(dispatcher=dispatcher, reason=reason)
+    pool_member_record_failover(dispatcher=dispatcher, reason=reason, now=now)
     if dispatcher_pause(dispatcher=dispatcher, reason=reason):
         notification_raise(
             key=f"dispatcher:{dispatcher.pk}:paused",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 import phonenumbers
 from django.conf import settings
@@ -24,7 +25,7 @@ from django.utils import timezone
 from twilio.request_validator import RequestValidator
 
 from dispatchers.models import Dispatcher
-from dispatchers.services import dispatcher_pause
+from dispatchers.services import dispatcher_pause, pool_member_record_failover
 from dispatchers.transports import ConnectionLost
 from dispatchers.transports.twilio import TwilioTransport
 from jobs.services import notification_raise
@@ -311,8 +312,8 @@ class SmsBatchRun(BatchRun):
         )
         self.settled += 1
 
-    def _stop(self, error: str) -> None:
-        _dispatcher_stop(self.dispatcher, error)
+    def _stop(self, error: str, now: datetime) -> None:
+        _dispatcher_stop(self.dispatcher, error, now)
 
 
 def _patterns(email: str, phone: str) -> list[str]:
@@ -347,10 +348,11 @@ def _skip_reason(contact: Contact, phone: str, suppressed: set[str]) -> str:
     return ""
 
 
-def _dispatcher_stop(dispatcher: Dispatcher, error: str) -> None:
+def _dispatcher_stop(dispatcher: Dispatcher, error: str, now: datetime) -> None:
     """Twilio refused the account or the sender: every message would fail
     the same way, so stop and say what to fix."""
     reason = f"Stopped: {error}"
+    pool_member_record_failover(dispatcher=dispatcher, reason=reason, now=now)
     if dispatcher_pause(dispatcher=dispatcher, reason=reason):
         notification_raise(
             key=f"dispatcher:{dispatcher.pk}:paused",

@@ -142,6 +142,9 @@ HERALD_GOOGLE_TOKEN_URL = env.str(
 # look-ups of direct delivery (IP addresses); empty: the system resolver.
 HERALD_DNS_NAMESERVERS = env.list("HERALD_DNS_NAMESERVERS", default=[])
 HERALD_DNS_PORT = env.int("HERALD_DNS_PORT", default=53)
+# Per-provider throttling: how long a recipient domain's MX look-up (which
+# mailbox provider hosts it) is trusted before it is looked up again.
+HERALD_PROVIDER_MX_TTL_HOURS = env.int("HERALD_PROVIDER_MX_TTL_HOURS", default=7 * 24)
 # The port direct delivery connects to on recipients' mail servers.
 HERALD_DIRECT_SMTP_PORT = env.int("HERALD_DIRECT_SMTP_PORT", default=25)
 # Send nothing from a dispatcher whose sender domain is not verified.

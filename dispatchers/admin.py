@@ -3,11 +3,13 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from . import providers
 from .domains import (
@@ -18,9 +20,17 @@ from .domains import (
     sender_domain_unarchive,
     sender_domain_verify,
 )
-from .models import Dispatcher, DispatcherPool, PoolMember, SenderDomain, validate_auth_token
+from .models import (
+    Dispatcher,
+    DispatcherPool,
+    PoolMember,
+    ProviderRate,
+    SenderDomain,
+    validate_auth_token,
+)
 from .selectors import dispatcher_state, pool_members_status
 from .services import dispatcher_connection_test, dispatcher_pause, dispatcher_resume
+from .throttle import ProviderRateStatus, provider_rates_default, provider_rates_status
 
 
 class DispatcherForm(forms.ModelForm):
@@ -68,9 +78,31 @@ class DispatcherForm(forms.ModelForm):
         return token
 
 
+class ProviderRateFormSet(forms.BaseInlineFormSet):
+    """A post without this table (a script filling in the dispatcher's
+    own fields) leaves the rates as they are instead of failing."""
+
+    def __init__(self, data: Any = None, *args: Any, **kwargs: Any) -> None:
+        prefix = kwargs.get("prefix") or self.get_default_prefix()
+        if data is not None and f"{prefix}-TOTAL_FORMS" not in data:
+            data = data.copy()
+            data[f"{prefix}-TOTAL_FORMS"] = data[f"{prefix}-INITIAL_FORMS"] = "0"
+        super().__init__(data, *args, **kwargs)
+
+
+class ProviderRateInline(admin.TabularInline):
+    model = ProviderRate
+    formset = ProviderRateFormSet
+    extra = 0
+    fields = ("provider", "per_minute")
+    verbose_name_plural = "Per-provider rates"
+    classes = ("herald-email",)
+
+
 @admin.register(Dispatcher)
 class DispatcherAdmin(admin.ModelAdmin):
     form = DispatcherForm
+    inlines = (ProviderRateInline,)
     list_display = (
         "name",
         "type",
@@ -90,6 +122,7 @@ class DispatcherAdmin(admin.ModelAdmin):
         "dmarc_alignment",
         "status_callback_url",
         "tracking_webhook",
+        "provider_rates_now",
     )
     actions = ("pause", "resume", "test_connection")
     fieldsets = (
@@ -123,6 +156,7 @@ class DispatcherAdmin(admin.ModelAdmin):
                     "task_message_limit",
                     "check_suppressions",
                     "retry_failed_after_sending",
+                    "provider_rates_now",
                     "delivery_mode",
                     "smtp_server",
                     "helo_name",
@@ -262,7 +296,7 @@ class DispatcherAdmin(admin.ModelAdmin):
         dkim_domain = signer.domain if signer else ""
         return_path = bounce_domain(obj).lower()
         return format_html_join(
-            "<br>",
+            mark_safe("<br>"),  # format_html_join escapes a plain separator
             "{}: {}",
             (
                 (
@@ -299,6 +333,18 @@ class DispatcherAdmin(admin.ModelAdmin):
             state.why,
         )
 
+    @admin.display(description="per-provider rates now")
+    def provider_rates_now(self, obj: Dispatcher) -> str:
+        if not obj.pk:
+            return "New SMTP and direct dispatchers get the default rates; edit them below."
+        statuses = provider_rates_status(dispatcher=obj)
+        if not statuses:
+            return (
+                "No per-provider rates: only the dispatcher's own limits apply. "
+                "Add rates under “Per-provider rates” below."
+            )
+        return provider_rates_table(statuses)
+
     @admin.display(description="worker command")
     def worker_command(self, obj: Dispatcher) -> str:
         if not obj.pk:
@@ -323,6 +369,11 @@ class DispatcherAdmin(admin.ModelAdmin):
                 f"dispatcher “{neighbour}” on server {obj.server_name}.",
                 messages.INFO,
             )
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        if not change:
+            provider_rates_default(dispatcher=form.instance)
 
     def has_pause_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("dispatchers.pause_dispatcher")
@@ -349,7 +400,7 @@ class DispatcherAdmin(admin.ModelAdmin):
 class PoolMemberInline(admin.TabularInline):
     model = PoolMember
     extra = 1
-    fields = ("dispatcher", "priority")
+    fields = ("dispatcher", "priority", "weight")
     autocomplete_fields = ()
 
 
@@ -370,29 +421,85 @@ class DispatcherPoolAdmin(admin.ModelAdmin):
             return "Shown once the pool is saved."
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td>"
-            '<td><span class="herald-badge herald-badge--{}">{}</span></td><td>{}</td></tr>',
+            "<tr><td>{}</td><td>{} · {}</td><td>{} / {}</td><td>{}</td><td>{}</td>"
+            '<td><span class="herald-badge herald-badge--{}">{}</span></td><td>{}</td>'
+            "<td>{}</td></tr>",
             (
                 (
                     s.member.dispatcher.name,
                     s.member.priority,
-                    s.sent_last_hour,
-                    s.member.dispatcher.messages_per_hour,
-                    s.budget,
+                    s.member.weight,
+                    intcomma(s.sent_last_hour),
+                    intcomma(s.member.dispatcher.messages_per_hour),
+                    intcomma(s.budget),
                     f"{s.share:.0%}",  # format_html escapes to text first
                     "ok" if s.healthy else "failed",
                     s.health,
                     _failover(s.member),
+                    _slowed_providers(s.member.dispatcher),
                 )
                 for s in pool_members_status(pool=obj)
             ),
         )
         return format_html(
-            '<table class="herald-table"><thead><tr><th>Dispatcher</th><th>Priority</th>'
+            '<table class="herald-table"><thead><tr><th>Dispatcher</th>'
+            "<th>Priority · weight</th>"
             "<th>Sent last hour / limit</th><th>Budget left</th><th>Share</th>"
-            "<th>Health</th><th>Last failover</th></tr></thead><tbody>{}</tbody></table>",
+            "<th>Health</th><th>Last failover</th><th>Providers slowed down</th></tr></thead>"
+            "<tbody>{}</tbody></table>",
             rows,
         )
+
+
+def provider_rates_table(statuses: list[ProviderRateStatus]) -> str:
+    """Each provider's configured and current rate, sent this minute and in
+    the last hour, and its last slow-down with the server's own words."""
+    rows = format_html_join(
+        "",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        (
+            (
+                s.label,
+                s.configured,
+                _effective(s),
+                s.sent_this_minute,
+                s.sent_last_hour,
+                _slowed(s),
+            )
+            for s in statuses
+        ),
+    )
+    return format_html(
+        '<table class="herald-table"><thead><tr><th>Provider</th><th>Rate (per minute)</th>'
+        "<th>Now (per minute)</th><th>Sent this minute</th><th>Sent last hour</th>"
+        "<th>Last slowed down</th></tr></thead><tbody>{}</tbody></table>",
+        rows,
+    )
+
+
+def _effective(status: ProviderRateStatus) -> str:
+    if status.effective < status.configured:
+        return format_html(
+            '<span class="herald-badge herald-badge--failed">{}</span> slowed down',
+            status.effective,
+        )
+    return str(status.effective)
+
+
+def _slowed(status: ProviderRateStatus) -> str:
+    if status.slowed_at is None:
+        return "—"
+    when = timezone.localtime(status.slowed_at).strftime("%Y-%m-%d %H:%M")
+    return f"{when} ({status.refusals} refused): {status.reply}"
+
+
+def _slowed_providers(dispatcher: Dispatcher) -> str:
+    slowed = [
+        f"{s.label}: {s.effective} of {s.configured} a minute ({s.reply})"
+        for s in provider_rates_status(dispatcher=dispatcher)
+        if s.effective < s.configured
+    ]
+    return "; ".join(slowed) or "—"
 
 
 def _webhook_key_state(obj: Dispatcher, provider: providers.Provider) -> str:

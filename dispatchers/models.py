@@ -523,8 +523,9 @@ class Dispatcher(models.Model):
 
 class DispatcherPool(models.Model):
     """Several dispatchers of one type that a campaign sends through
-    together: each member spends its own limits, in order of priority, and
-    a member that fails is taken out of rotation while the others go on."""
+    together: each member spends its own limits, in order of priority (by
+    weight among equals), and a member that fails is taken out of rotation
+    while the others go on."""
 
     name = models.CharField("pool name", max_length=100, unique=True)
     type = models.CharField(
@@ -549,6 +550,12 @@ class PoolMember(models.Model):
         default=1,
         validators=[MinValueValidator(1)],
         help_text="1 is spent first; members of equal priority share the work.",
+    )
+    weight = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Among members of equal priority, each takes work in proportion to its "
+        "weight (3 takes three times as much as 1), each within its own limits.",
     )
     last_failover_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_failover_reason = models.CharField(max_length=500, blank=True, editable=False)
@@ -696,3 +703,119 @@ class SenderDomain(models.Model):
             elif status == self.Status.FAILED:
                 found.append(f"{label}: {reason}")
         return "; ".join(found)
+
+
+# --- per-provider throttling --------------------------------------------------
+
+
+class MailboxProvider(models.TextChoices):
+    """Who hosts a recipient's mailbox, as far as throttling goes."""
+
+    GOOGLE = "google", "Google (Gmail, Workspace)"
+    MICROSOFT = "microsoft", "Microsoft (Outlook.com, Microsoft 365)"
+    YAHOO = "yahoo", "Yahoo (and AOL)"
+    APPLE = "apple", "Apple (iCloud)"
+    OTHER = "other", "Any other domain (each on its own)"
+
+
+# Starting points: no provider publishes a number, all ask for a steady,
+# moderate rate that grows with reputation and slows down when they say
+# so (Gmail 4.7.28, Outlook 4.7.500 "Server busy", Yahoo TSS04), which
+# Herald does by itself. Messages per minute.
+PROVIDER_RATE_DEFAULTS = {
+    MailboxProvider.GOOGLE: 250,
+    MailboxProvider.MICROSOFT: 150,
+    MailboxProvider.YAHOO: 150,
+    MailboxProvider.APPLE: 100,
+    MailboxProvider.OTHER: 60,
+}
+
+
+class ProviderRate(models.Model):
+    """How fast a dispatcher may send to one mailbox provider. The row for
+    "any other domain" is each such domain's own rate; a provider without
+    a row is not held back (beyond the dispatcher's own limits)."""
+
+    dispatcher = models.ForeignKey(
+        Dispatcher, on_delete=models.CASCADE, related_name="provider_rates"
+    )
+    provider = models.CharField(max_length=12, choices=MailboxProvider.choices)
+    per_minute = models.PositiveIntegerField(
+        "messages per minute",
+        validators=[MinValueValidator(1)],
+        help_text="At most this many in any minute; halved for a while when the provider "
+        "answers “rate limited, try again later”.",
+    )
+
+    class Meta:
+        ordering = ["pk"]
+        verbose_name = "per-provider rate"
+        constraints = [
+            models.UniqueConstraint(fields=["dispatcher", "provider"], name="provider_rate_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_provider_display()}: {self.per_minute}/min"
+
+
+class ProviderThrottle(models.Model):
+    """A provider (or domain) that told a dispatcher to slow down: the rate
+    it was cut to, when, and what the server said. The rate recovers by
+    itself with every minute without a refusal."""
+
+    dispatcher = models.ForeignKey(Dispatcher, on_delete=models.CASCADE, related_name="throttles")
+    group = models.CharField(max_length=253)  # a MailboxProvider value or a domain
+    slowed_to = models.PositiveIntegerField(null=True, blank=True)
+    slowed_at = models.DateTimeField(null=True, blank=True)
+    refused_at = models.DateTimeField(null=True, blank=True)
+    reply = models.CharField(max_length=500, blank=True)
+    refusals = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["dispatcher", "group"], name="provider_throttle_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dispatcher}: {self.group} slowed to {self.slowed_to}/min"
+
+
+class ProviderUsage(models.Model):
+    """The per-provider ledger: messages a dispatcher claimed for one group
+    in one minute, summed over every worker (claims hold the dispatcher's
+    row lock)."""
+
+    dispatcher = models.ForeignKey(
+        Dispatcher, on_delete=models.CASCADE, related_name="provider_usage"
+    )
+    group = models.CharField(max_length=253)
+    minute = models.DateTimeField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dispatcher", "minute", "group"], name="provider_usage_once"
+            )
+        ]
+        indexes = [models.Index(fields=["minute"], name="provider_usage_minute_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.dispatcher}: {self.count} to {self.group} at {self.minute:%H:%M}"
+
+
+class MailDomain(models.Model):
+    """What a recipient domain's MX look-up found: its provider ("" when
+    none known: the domain is its own group). Looked up again once old."""
+
+    domain = models.CharField(max_length=253, unique=True)
+    provider = models.CharField(max_length=12, blank=True, choices=MailboxProvider.choices)
+    mx_host = models.CharField("MX host", max_length=253, blank=True)
+    error = models.CharField(max_length=200, blank=True)
+    resolved_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["domain"]
+
+    def __str__(self) -> str:
+        return f"{self.domain} → {self.provider or 'its own group'}"

@@ -79,8 +79,10 @@ class SendPool(Generic[K]):
             message = self._signer.sign(message)
         try:
             return self._transport().send(message, sender=sender, recipient=recipient)
-        except ConnectionLost:
+        except ConnectionLost as lost:
             self._drop()
+            if lost.result is not None:
+                return lost.result  # a verdict on this message; the next opens a new session
             raise
 
     def _drop(self) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from config.embedded import free_port
 
@@ -172,3 +172,84 @@ class FaultySink(SmtpSink):
             for a in addresses
             if self.handler.faults._pick(f"bad:{a}", self.handler.faults.bad_mailbox_rate)
         }
+
+
+@dataclass
+class AuthHandler(SinkHandler):
+    """A sink that wants a login, and can stop on purpose: refuse every
+    login from some moment (a password revoked at the provider), or go
+    down in the middle of a session (a server stopped)."""
+
+    username: str = ""
+    password: str = ""
+    refuse_logins: bool = False
+    # Messages still taken before the server goes down; None: it stays up.
+    down_after: int | None = None
+    controller: Controller | None = None
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: object
+    ) -> AuthResult:
+        ok = bool(
+            not self.refuse_logins
+            and isinstance(auth_data, LoginPassword)
+            and auth_data.login.decode() == self.username
+            and auth_data.password.decode() == self.password
+        )
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:  # noqa: N802,E501
+        if not session.authenticated:
+            return "530 5.7.0 Authentication required"
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        reply = await super().handle_DATA(server, session, envelope)
+        if self.down_after is not None:
+            self.down_after -= 1
+            if self.down_after <= 0:
+                # This message is taken; then the listener and the session close,
+                # before the client can start another.
+                assert self.controller is not None and self.controller.server is not None
+                self.controller.server.close()
+                asyncio.get_running_loop().call_soon(server.transport.close)
+        return reply
+
+
+class AuthSink(SmtpSink):
+    """aiosmtpd that takes mail only after AUTH PLAIN/LOGIN (without TLS, on
+    loopback)."""
+
+    def __init__(self, *, username: str, password: str) -> None:
+        self.handler = AuthHandler(username=username, password=password)
+        self.port = free_port()
+        self.controller = self._controller()
+
+    def _controller(self) -> Controller:
+        controller = Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            authenticator=self.handler.authenticate,
+            auth_require_tls=False,  # loopback: AUTH without TLS, on purpose
+        )
+        self.handler.controller = controller
+        return controller
+
+    def go_down_after(self, messages: int) -> None:
+        self.handler.down_after = messages
+
+    def restart(self) -> None:
+        """Back up on the same port, with what it received so far."""
+        self.controller.stop()
+        self.handler.down_after = None
+        self.controller = self._controller()
+        self.controller.start()

@@ -8,6 +8,7 @@ asks gets a per-recipient verdict with the server's own code and text.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -31,6 +32,20 @@ class Outcome(enum.Enum):
     PERMANENT = "permanent"  # 5xx: do not try again
 
 
+# What mailbox providers say when one sender goes too fast: Gmail's
+# 4.7.28 and 421-4.7.0 "try again later", Microsoft's 4.7.500 "Server
+# busy", Yahoo's TSS04, and the generic texts of other servers.
+# Greylisting also says "try again later" but is about the sender, not
+# the pace: it is an ordinary deferral.
+_THROTTLE_TEXT = re.compile(
+    r"rate.?limit|try again later|too many|throttl|deferred due to|server busy|"
+    r"temporarily deferred|\bTSS?0\d\b|\b4\.7\.(28|500)\b",
+    re.IGNORECASE,
+)
+_NOT_THROTTLE = re.compile(r"gr[ae]ylist", re.IGNORECASE)
+_THROTTLE_CODES = (421, 450, 451, 452)
+
+
 @dataclass(frozen=True)
 class SendResult:
     outcome: Outcome
@@ -38,6 +53,16 @@ class SendResult:
     text: str = ""
     queue_id: str = ""
     enhanced: str = ""  # RFC 3463 status, e.g. "5.1.1"
+
+    @property
+    def throttled(self) -> bool:
+        """A 4xx telling the sender to slow down (the message itself is fine)."""
+        return (
+            self.outcome is Outcome.TRANSIENT
+            and self.code in _THROTTLE_CODES
+            and _THROTTLE_TEXT.search(self.text) is not None
+            and _NOT_THROTTLE.search(self.text) is None
+        )
 
 
 class ConnectionLost(Exception):
@@ -48,14 +73,23 @@ class ConnectionLost(Exception):
     the server clearly refused before taking the message (421 at RCPT, a
     failed connect), True when the session died mid-transaction.
     ``retry_pointless`` is True when trying again cannot help until an
-    administrator acts (login rejected, server deactivated)."""
+    administrator acts (login rejected, server deactivated). ``result`` is
+    set when the server closed the session with a verdict on this one
+    message (421 "rate limited"): it is recorded, and the rest of the
+    batch goes on over a new session."""
 
     def __init__(
-        self, message: str, *, maybe_delivered: bool = False, retry_pointless: bool = False
+        self,
+        message: str,
+        *,
+        maybe_delivered: bool = False,
+        retry_pointless: bool = False,
+        result: SendResult | None = None,
     ) -> None:
         super().__init__(message)
         self.maybe_delivered = maybe_delivered
         self.retry_pointless = retry_pointless
+        self.result = result
 
 
 class WireMessage:

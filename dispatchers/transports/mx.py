@@ -128,6 +128,8 @@ class DirectTransport(Transport):
             return self._run(sendmail(client, sender, recipient, message_bytes(message)))
         except ConnectionLost as lost:
             self._drop(domain)
+            if lost.result is not None:
+                return lost.result  # closed with a verdict (421 rate limited)
             if lost.maybe_delivered:
                 raise  # on the wire when it broke: the pipeline flags it, never hides it
             # One domain's server hanging up must not stop the batch for the others.

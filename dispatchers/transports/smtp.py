@@ -52,6 +52,14 @@ def result_from_reply(code: int, text: str) -> SendResult:
     return SendResult(outcome, code, text, enhanced=enhanced)
 
 
+def lost_at_421(code: int, text: str) -> ConnectionLost:
+    """The server closed the session (421). When it says it did so because
+    of the pace, that is this message's verdict; otherwise the session is
+    simply gone."""
+    result = result_from_reply(code, text)
+    return ConnectionLost(f"{code} {text}", result=result if result.throttled else None)
+
+
 class SmtpSession:
     """One SMTP session driven on the caller's running event loop: what the
     synchronous SmtpTransport wraps, and what a SendPool drives several of
@@ -157,7 +165,7 @@ class SmtpSession:
                 code, text = await replies.next()
                 if code == 421:  # not taken: the server is closing the session
                     data_sent = False
-                    raise ConnectionLost(f"{code} {text}")
+                    raise lost_at_421(code, text)
                 report(current[0], result_from_reply(code, text), None)
                 if following is None:
                     return leftover
@@ -166,8 +174,13 @@ class SmtpSession:
             self.lost = True
             if isinstance(exc, TimeoutError | OSError):
                 exc = ConnectionLost(_describe(exc))
+            if isinstance(exc, ConnectionLost) and exc.result is not None:
+                # A 421 that says "too fast": a verdict on this message (its
+                # provider slows down); the session is gone all the same.
+                report(current[0], exc.result, None)
+                current = None
             for key, maybe_delivered in (
-                (current[0], data_sent),
+                *(((current[0], data_sent),) if current is not None else ()),
                 *((j[0], False) for j in (following, leftover) if j is not None),
             ):
                 report(
@@ -196,7 +209,7 @@ class SmtpSession:
         if refusal is None:
             return None
         if refusal[0] == 421:
-            raise ConnectionLost(f"{refusal[0]} {refusal[1]}")
+            raise lost_at_421(*refusal)
         if envelope[2][0] == 354:  # a server that took DATA anyway: end it empty
             transport.write(b".\r\n")
             await replies.next()
@@ -287,21 +300,34 @@ class SmtpTransport(Transport):
 async def sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes) -> SendResult:
     """One message on an open session. Raises ConnectionLost when the
     session is gone (421 or a drop); ``maybe_delivered`` says whether the
-    server may already have taken the message."""
+    server may already have taken the message: only once DATA has begun.
+    A session that ends before (a server that closed it after the last
+    message, or went down) cannot have taken this one."""
     try:
-        errors, reply = await client.sendmail(sender, [recipient], data)
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        refused = exc.recipients[0]
-        if refused.code == 421:
-            raise ConnectionLost(_describe(refused)) from exc
-        return result_from_reply(refused.code, refused.message)
+        await client.mail(sender)
+        await client.rcpt(recipient)
     except aiosmtplib.SMTPResponseException as exc:
-        if exc.code == 421:
-            raise ConnectionLost(_describe(exc)) from exc
-        return result_from_reply(exc.code, exc.message)
+        return await _refused(client, exc)
+    except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+        raise ConnectionLost(_describe(exc)) from exc
+    try:
+        reply = await client.data(data)
+    except aiosmtplib.SMTPResponseException as exc:
+        return await _refused(client, exc)
     except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
         raise ConnectionLost(_describe(exc), maybe_delivered=True) from exc
-    return result_from_reply(250, reply)
+    return result_from_reply(reply.code, reply.message)
+
+
+async def _refused(client: aiosmtplib.SMTP, exc: aiosmtplib.SMTPResponseException) -> SendResult:
+    """The server's answer to this message; the session is ready for the next."""
+    if exc.code == 421:
+        raise lost_at_421(exc.code, exc.message) from exc
+    try:
+        await client.rset()
+    except (TimeoutError, aiosmtplib.SMTPException, OSError):
+        pass  # the session is gone: the next message finds out, before its DATA
+    return result_from_reply(exc.code, exc.message)
 
 
 def _envelope(job: Job) -> bytes:

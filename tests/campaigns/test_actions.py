@@ -68,6 +68,18 @@ def test_a_draft_shows_its_audience_and_suppressed_counts_before_scheduling(
     assert ">Schedule</button>" in html
 
 
+def test_a_send_limit_caps_who_will_receive_it_before_scheduling(client: Client) -> None:
+    draft = campaign_in(C.DRAFT, [make_audience(6)])
+    Campaign.objects.filter(pk=draft.pk).update(send_limit=4)
+    login_as(client, MARKETER)
+
+    html = client.get(reverse("campaigns:campaign_report", args=[draft.pk])).content.decode()
+
+    counts = dict(re.findall(r'data-audience="(\w+)">(\d+)<', html))
+    assert counts == {"total": "6", "suppressed": "0", "receiving": "4"}
+    assert "held to the send limit of 4" in html
+
+
 def test_scheduling_at_a_time_in_a_chosen_time_zone(client: Client) -> None:
     draft = campaign_in(C.DRAFT, [make_audience(2)])
     login_as(client, MARKETER)

@@ -106,6 +106,48 @@ def test_it_skips_suppressed_unsubscribed_and_bounced_contacts_with_the_reason()
     assert statuses(campaign)[S.PENDING] == 2
 
 
+def test_a_send_limit_takes_that_many_recipients_in_joining_order_suppressed_not_counted():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    audience = make_audience(10)
+    Suppression.objects.create(pattern="user1@example.org")
+    Contact.objects.filter(email="user3@example.org").update(status=Contact.Status.UNSUBSCRIBED)
+    campaign = make_campaign(
+        dispatcher=dispatcher, lists=[audience], status=Campaign.Status.SCHEDULED
+    )
+    Campaign.objects.filter(pk=campaign.pk).update(send_limit=5)
+
+    services.items_generate(page_size=3)  # pages end mid-limit and mid-skip
+    services.items_generate(page_size=3)  # a second run adds nobody
+
+    pending = CampaignItem.objects.filter(campaign=campaign, status=S.PENDING)
+    assert sorted(pending.values_list("contact__email", flat=True)) == [
+        f"user{i}@example.org" for i in (0, 2, 4, 5, 6)
+    ]
+    assert statuses(campaign)[S.SKIPPED] == 2  # user1 and user3: skipped, not counted
+    assert status_of(campaign) == Campaign.Status.SENDING
+    assert not CampaignItem.objects.filter(
+        campaign=campaign, contact__email__in=[f"user{i}@example.org" for i in (7, 8, 9)]
+    ).exists()
+
+
+def test_an_autoresponder_cannot_have_a_send_limit():
+    from django.core.exceptions import ValidationError
+
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    campaign = make_campaign(dispatcher=dispatcher, lists=[make_audience(1)])
+    campaign.kind = Campaign.Kind.AUTORESPONDER
+    campaign.autoresponder_delay = timedelta(hours=1)
+    campaign.send_limit = 10
+    with pytest.raises(ValidationError) as error:
+        campaign.full_clean()
+    assert "send_limit" in error.value.message_dict
+
+
+def status_of(campaign: Campaign) -> str:
+    campaign.refresh_from_db()
+    return campaign.status
+
+
 def test_a_suppressed_domain_skips_every_address_in_it():
     dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
     Suppression.objects.create(pattern="*@example.org")

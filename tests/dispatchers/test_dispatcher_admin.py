@@ -98,3 +98,16 @@ def test_pacing_is_chosen_in_the_form_and_an_unknown_one_refused(
         refused.content.decode()
     )
     assert not Dispatcher.objects.filter(name="Other").exists()
+
+
+def test_the_dmarc_alignment_reads_as_two_lines_not_as_markup(
+    administrator_client: Client, dispatcher: Dispatcher
+) -> None:
+    page = administrator_client.get(
+        reverse("admin:dispatchers_dispatcher_change", args=[dispatcher.pk])
+    ).content.decode()
+
+    alignment = page.split("DMARC alignment")[1].split('<div class="readonly">')[1]
+    alignment = alignment.split("</div>")[0]
+    assert "&lt;br&gt;" not in alignment
+    assert "unsigned<br>SPF (return path): aligned" in alignment

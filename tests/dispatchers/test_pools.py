@@ -31,10 +31,13 @@ def pickup(name: str, **extra: object) -> Dispatcher:
     )
 
 
-def pool_of(*members: tuple[Dispatcher, int]) -> DispatcherPool:
+def pool_of(*members: tuple[Dispatcher, int] | tuple[Dispatcher, int, int]) -> DispatcherPool:
+    """Members as (dispatcher, priority) or (dispatcher, priority, weight)."""
     pool = DispatcherPool.objects.create(name="Main pool")
-    for dispatcher, priority in members:
-        PoolMember.objects.create(pool=pool, dispatcher=dispatcher, priority=priority)
+    for dispatcher, priority, *weight in members:
+        PoolMember.objects.create(
+            pool=pool, dispatcher=dispatcher, priority=priority, weight=weight[0] if weight else 1
+        )
     return pool
 
 
@@ -84,6 +87,35 @@ def test_the_first_priority_is_spent_first() -> None:
 
     services.messages_process(now=timezone.now())
     assert claimed_by(campaign) == {"First": 60}
+
+
+def weighted(recipients: int, *, heavy_per_hour: int = 1000) -> tuple[Campaign, Dispatcher]:
+    """Heavy (weight 3) and Light (weight 1), equal priority, batches of 50."""
+    heavy = pickup("Heavy", messages_per_hour=heavy_per_hour, batch_size=50)
+    light = pickup("Light", messages_per_hour=1000, batch_size=50)
+    return pooled_campaign(pool_of((light, 1, 1), (heavy, 1, 3)), recipients), light
+
+
+def test_members_of_equal_priority_share_the_work_by_weight() -> None:
+    campaign, _ = weighted(128)
+    # Turns of 48 and 16 (the unit: 50 // 3), the one behind its share next.
+    services.messages_process(now=timezone.now())
+    assert claimed_by(campaign) == {"Heavy": 96, "Light": 32}
+
+
+def test_a_member_out_of_budget_leaves_its_share_to_the_others() -> None:
+    campaign, _ = weighted(160, heavy_per_hour=30)
+    services.messages_process(now=timezone.now())
+    assert claimed_by(campaign) == {"Heavy": 30, "Light": 130}  # whole batches once alone
+
+
+def test_a_successor_claim_takes_no_more_than_the_members_turn() -> None:
+    campaign, light = weighted(160)
+    first = services.batch_claim(dispatcher_id=light.pk)
+    assert first is not None and first.size == 50  # a claim of its own: a whole batch
+    close_batches(timezone.now())
+    assert services.batch_successor_claim(batch_id=first.pk).size == 16  # 50 // 3
+    assert campaign.items.filter(status=S.CLAIMED).count() == 66
 
 
 def test_a_failing_member_hands_its_items_to_the_others_and_rejoins_when_healthy() -> None:

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("campaigns", "0014_subscription_opt_out_segment_engagement"),
+        ("campaigns", "0017_campaign_send_limit"),
     ]
 
     operations = [
