@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import io
 import json
 import re
@@ -39,7 +40,7 @@ from smtpservers.validators import validate_header_value
 from .exports import csv_safe
 from .models import Contact, ContactList, ImportJob, Suppression
 
-CHUNK_ROWS = 1000
+CHUNK_ROWS = 10_000
 MAX_COLUMNS = 200
 # A running import whose heartbeat is older than this belongs to a dead
 # worker; a redelivered task may take it over and start again.
@@ -344,34 +345,80 @@ def _unescape(cell: str) -> str:
     return cell
 
 
-def _cells(
-    mapping: list[dict[str, str]], cells: list[str]
-) -> tuple[dict[str, str], dict[str, str]]:
-    if len(cells) > len(mapping) and any(c.strip() for c in cells[len(mapping) :]):
-        raise RowRejected(
-            f"the row has more columns than the header ({len(cells)} > {len(mapping)})"
-        )
-    values: dict[str, str] = {}
-    attributes: dict[str, str] = {}
-    for column, cell in zip(mapping, cells, strict=False):
-        kind = column["field"]
-        if kind == "ignore":
-            continue
-        value = _unescape(cell.strip())
-        if kind == "attribute":
-            if value:
-                attributes[column["name"]] = value
-        else:
-            values[kind] = value
+@dataclass(frozen=True)
+class _Plan:
+    """Where each of a kind's fields sits in a row, worked out once from the
+    mapping rather than for every row."""
+
+    width: int
+    fields: tuple[int | None, ...]  # a cell index per field of the kind, in its order
+    attributes: tuple[tuple[int, str], ...]  # (cell index, attribute name)
+
+
+def _plan(mapping: list[dict[str, str]], fields: tuple[str, ...]) -> _Plan:
+    where = {column["field"]: i for i, column in enumerate(mapping)}
+    return _Plan(
+        width=len(mapping),
+        fields=tuple(where.get(name) for name in fields),
+        attributes=tuple(
+            (i, column["name"])
+            for i, column in enumerate(mapping)
+            if column["field"] == "attribute"
+        ),
+    )
+
+
+def _cells(plan: _Plan, cells: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The row's field values (in the kind's order, "" when absent) and its
+    non-empty custom attributes."""
+    count = len(cells)
+    if count > plan.width and any(c.strip() for c in cells[plan.width :]):
+        raise RowRejected(f"the row has more columns than the header ({count} > {plan.width})")
+    values = [
+        _unescape(cells[i].strip()) if i is not None and i < count else "" for i in plan.fields
+    ]
+    attributes = [
+        (name, value)
+        for i, name in plan.attributes
+        if i < count and (value := _unescape(cells[i].strip()))
+    ]
     return values, attributes
 
 
 # --- Checking rows ------------------------------------------------------------
 
+# RFC 5322 atext, exactly email-validator's DOT_ATOM_TEXT: an ASCII local part
+# that matches it is one email-validator accepts and keeps as it is.
+_ATEXT = r"a-zA-Z0-9_!#\$%&'\*\+\-/=\?\^`\{\|\}~"
+_DOT_ATOM = re.compile(f"[{_ATEXT}]+(?:\\.[{_ATEXT}]+)*\\Z")
+_EMAIL_MAX_BYTES = 254
+
+
+@functools.lru_cache(maxsize=4096)
+def _domain_checked(domain: str) -> tuple[str, int] | None:
+    """email-validator's verdict on a domain: its normalised form and the
+    length in bytes of its longest form (IDNA or Unicode), or None if refused.
+    A file has far fewer domains than rows, so each is checked once."""
+    try:
+        result = validate_email(f"x@{domain}", check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    return result.domain, max(len(result.domain.encode()), len(result.ascii_domain))
+
 
 def normalise_email(value: str) -> str:
     if not value:
         raise RowRejected("missing required field: email")
+    # The common case without the full parse: an ASCII dot-atom before the
+    # @-sign and a domain email-validator accepted before. Whatever is not
+    # plainly so (quotes, Unicode, display names, a refused domain, the
+    # length limit) goes through email-validator itself, which also words
+    # the reason.
+    local, at, domain = value.partition("@")
+    if at and value.isascii() and len(value) <= _EMAIL_MAX_BYTES and _DOT_ATOM.match(local):
+        checked = _domain_checked(domain)
+        if checked is not None and len(local) + 1 + checked[1] <= _EMAIL_MAX_BYTES:
+            return f"{local}@{checked[0]}".lower()
     try:
         result = validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
@@ -420,26 +467,47 @@ def _name(value: str, label: str) -> str:
     return value
 
 
-def contact_row_clean(values: dict[str, str], attributes: dict[str, str]) -> dict[str, Any]:
-    language = values.get("language", "")
+CONTACT_FIELDS = ("email", "phone", "first_name", "last_name", "language", "time_zone")
+
+
+def contact_fields_clean(
+    email: str, phone: str, first_name: str, last_name: str, language: str, time_zone: str
+) -> tuple[str, str, str, str, str, str]:
+    """Check one contact's fields (CONTACT_FIELDS' order), the first failed
+    check giving the reason; returns them as stored, the address normalised."""
     if language and not _LANGUAGE.match(language):
         raise RowRejected(f"invalid language: {language!r} (use a code such as en or pt-BR)")
-    time_zone = values.get("time_zone", "")
     if time_zone and time_zone not in _TIME_ZONES:
         raise RowRejected(f"invalid time zone: {time_zone!r} (use a name such as Europe/Paris)")
+    return (
+        normalise_email(email),
+        normalise_phone(phone),
+        _name(first_name, "first name"),
+        _name(last_name, "last name"),
+        language,
+        time_zone,
+    )
+
+
+def contact_row_clean(values: dict[str, str], attributes: dict[str, str]) -> dict[str, Any]:
+    key, phone, first_name, last_name, language, time_zone = contact_fields_clean(
+        *(values.get(name, "") for name in CONTACT_FIELDS)
+    )
     return {
-        "key": normalise_email(values.get("email", "")),
-        "phone": normalise_phone(values.get("phone", "")),
-        "first_name": _name(values.get("first_name", ""), "first name"),
-        "last_name": _name(values.get("last_name", ""), "last name"),
+        "key": key,
+        "phone": phone,
+        "first_name": first_name,
+        "last_name": last_name,
         "language": language,
         "time_zone": time_zone,
         "attributes": {k: attribute_value(v) for k, v in attributes.items()},
     }
 
 
-def suppression_row_clean(values: dict[str, str], attributes: dict[str, str]) -> dict[str, Any]:
-    pattern = values.get("pattern", "")
+SUPPRESSION_FIELDS = ("pattern", "reason")
+
+
+def suppression_fields_clean(pattern: str, reason: str) -> tuple[str, str]:
     if not pattern:
         raise RowRejected("missing required field: address or *@domain")
     if pattern.startswith("*@"):
@@ -452,130 +520,201 @@ def suppression_row_clean(values: dict[str, str], attributes: dict[str, str]) ->
         raise RowRejected(f"invalid address: to suppress a whole domain write *@{pattern}")
     else:
         key = normalise_email(pattern)
-    reason = values.get("reason", "")
     if len(reason) > 255:
         raise RowRejected("reason is longer than 255 characters")
+    return key, reason
+
+
+def suppression_row_clean(values: dict[str, str], attributes: dict[str, str]) -> dict[str, Any]:
+    key, reason = suppression_fields_clean(*(values.get(name, "") for name in SUPPRESSION_FIELDS))
     return {"key": key, "reason": reason}
+
+
+def _contact_record(row: int, values: list[str], attributes: list[tuple[str, str]]) -> tuple:
+    typed = {name: attribute_value(text) for name, text in attributes}
+    return (row, *contact_fields_clean(*values), json.dumps(typed))
+
+
+def _suppression_record(row: int, values: list[str], attributes: list[tuple[str, str]]) -> tuple:
+    return (row, *suppression_fields_clean(*values))
 
 
 # --- Writing chunks -----------------------------------------------------------
 
-_CONTACTS_UPSERT = """
-INSERT INTO campaigns_contact AS c (
-    email, phone, first_name, last_name, language, time_zone, attributes,
-    status, source, created_at, updated_at
+# Good rows are copied (COPY, the fastest way in) into a staging table of the
+# session, then written with one set-based statement per table. The staging
+# table is emptied before each use, so a savepoint or a failed chunk never
+# leaves rows for the next one.
+_CONTACT_STAGE = "herald_contact_stage"
+_CONTACT_STAGE_COLUMNS = """
+    row integer, email text, phone text, first_name text, last_name text,
+    language text, time_zone text, attributes jsonb
+"""
+
+_CONTACTS_UPSERT = f"""
+WITH written AS (
+    INSERT INTO campaigns_contact AS c (
+        email, phone, first_name, last_name, language, time_zone, attributes,
+        status, source, created_at, updated_at
+    )
+    SELECT email, phone, first_name, last_name, language, time_zone, attributes,
+        %(status)s, %(source)s, now(), now()
+    FROM {_CONTACT_STAGE}
+    ON CONFLICT (email) DO UPDATE SET
+        phone = COALESCE(NULLIF(EXCLUDED.phone, ''), c.phone),
+        first_name = COALESCE(NULLIF(EXCLUDED.first_name, ''), c.first_name),
+        last_name = COALESCE(NULLIF(EXCLUDED.last_name, ''), c.last_name),
+        language = COALESCE(NULLIF(EXCLUDED.language, ''), c.language),
+        time_zone = COALESCE(NULLIF(EXCLUDED.time_zone, ''), c.time_zone),
+        attributes = c.attributes || EXCLUDED.attributes,
+        updated_at = now()
+    WHERE c.phone IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.phone, ''), c.phone)
+       OR c.first_name IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.first_name, ''), c.first_name)
+       OR c.last_name IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.last_name, ''), c.last_name)
+       OR c.language IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.language, ''), c.language)
+       OR c.time_zone IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.time_zone, ''), c.time_zone)
+       OR NOT c.attributes @> EXCLUDED.attributes
+    RETURNING xmax = 0 AS created
 )
-SELECT e, p, f, l, lang, tz, a::jsonb, %(status)s, %(source)s, now(), now()
-FROM unnest(
-    %(email)s::text[], %(phone)s::text[], %(first)s::text[], %(last)s::text[],
-    %(lang)s::text[], %(tz)s::text[], %(attrs)s::text[]
-) AS t(e, p, f, l, lang, tz, a)
-ON CONFLICT (email) DO UPDATE SET
-    phone = COALESCE(NULLIF(EXCLUDED.phone, ''), c.phone),
-    first_name = COALESCE(NULLIF(EXCLUDED.first_name, ''), c.first_name),
-    last_name = COALESCE(NULLIF(EXCLUDED.last_name, ''), c.last_name),
-    language = COALESCE(NULLIF(EXCLUDED.language, ''), c.language),
-    time_zone = COALESCE(NULLIF(EXCLUDED.time_zone, ''), c.time_zone),
-    attributes = c.attributes || EXCLUDED.attributes,
-    updated_at = now()
-WHERE c.phone IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.phone, ''), c.phone)
-   OR c.first_name IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.first_name, ''), c.first_name)
-   OR c.last_name IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.last_name, ''), c.last_name)
-   OR c.language IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.language, ''), c.language)
-   OR c.time_zone IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.time_zone, ''), c.time_zone)
-   OR NOT c.attributes @> EXCLUDED.attributes
-RETURNING xmax = 0
+SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM written
 """
 
 # A contact who left the list keeps their row, marked unsubscribed: the
 # conflict leaves it as it is (no import re-subscribes anybody), and the
-# statement counts them for the report.
-_SUBSCRIBE = """
-WITH named AS (SELECT c.id FROM campaigns_contact c WHERE c.email = ANY(%(email)s::text[])),
+# statement counts them for the report. The lookups are correlated
+# subqueries so that each is one index probe: a join would let the planner,
+# whose statistics lag behind a growing table, scan every contact and every
+# subscription of the list for each chunk.
+_SUBSCRIBE = f"""
+WITH named AS MATERIALIZED (
+    SELECT (SELECT c.id FROM campaigns_contact c WHERE c.email = st.email) AS id
+    FROM {_CONTACT_STAGE} st
+),
 added AS (
     INSERT INTO campaigns_subscription (contact_id, contact_list_id, created_at, source)
     SELECT id, %(list)s, now(), %(source)s FROM named
     ON CONFLICT (contact_list_id, contact_id) DO NOTHING
 )
-SELECT count(*) FROM campaigns_subscription s JOIN named ON named.id = s.contact_id
-WHERE s.contact_list_id = %(list)s AND s.unsubscribed_at IS NOT NULL
+SELECT count(*) FROM named WHERE (
+    SELECT s.unsubscribed_at FROM campaigns_subscription s
+    WHERE s.contact_list_id = %(list)s AND s.contact_id = named.id
+) IS NOT NULL
 """
 
-_SUPPRESSIONS_UPSERT = """
-INSERT INTO campaigns_suppression AS s (pattern, reason, source, created_at)
-SELECT p, r, %(source)s, now()
-FROM unnest(%(pattern)s::text[], %(reason)s::text[]) AS t(p, r)
-ON CONFLICT (pattern) DO UPDATE SET reason = EXCLUDED.reason
-WHERE EXCLUDED.reason <> '' AND s.reason IS DISTINCT FROM EXCLUDED.reason
-RETURNING xmax = 0
+_SUPPRESSION_STAGE = "herald_suppression_stage"
+_SUPPRESSION_STAGE_COLUMNS = "row integer, pattern text, reason text"
+
+_SUPPRESSIONS_UPSERT = f"""
+WITH written AS (
+    INSERT INTO campaigns_suppression AS s (pattern, reason, source, created_at)
+    SELECT pattern, reason, %(source)s, now() FROM {_SUPPRESSION_STAGE}
+    ON CONFLICT (pattern) DO UPDATE SET reason = EXCLUDED.reason
+    WHERE EXCLUDED.reason <> '' AND s.reason IS DISTINCT FROM EXCLUDED.reason
+    RETURNING xmax = 0 AS created
+)
+SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM written
 """
+
+
+def _stage(cursor: Any, table: str, columns: str, records: Iterable[tuple]) -> None:
+    cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({columns})")
+    cursor.execute(f"TRUNCATE {table}")
+    with cursor.copy(f"COPY {table} FROM STDIN") as copy:
+        for record in records:
+            copy.write_row(record)
+    # The planner knows nothing of a temporary table until it is analysed;
+    # without it, joining a few thousand staged rows could scan every contact.
+    cursor.execute(f"ANALYZE {table}")
+
+
+def contacts_stage(*, cursor: Any, records: Iterable[tuple]) -> None:
+    """Copy contact records (row number, then contact_fields_clean's output,
+    then the attributes as JSON text) into the session's staging table,
+    replacing what it held. ``records`` may be a generator: rows are checked
+    while PostgreSQL reads the ones before."""
+    _stage(cursor, _CONTACT_STAGE, _CONTACT_STAGE_COLUMNS, records)
+
+
+def contacts_write_staged(
+    *, cursor: Any, source: str, contact_list_id: int | None
+) -> tuple[int, int, int]:
+    """Upsert the staged contacts by address in one statement and subscribe
+    them to the list in another; returns (created, updated, left the list
+    before: not re-added). Staged addresses must be distinct."""
+    cursor.execute(_CONTACTS_UPSERT, {"status": Contact.Status.ACTIVE, "source": source})
+    created, updated = cursor.fetchone()
+    kept_out = 0
+    if contact_list_id:
+        cursor.execute(_SUBSCRIBE, {"list": contact_list_id, "source": source})
+        (kept_out,) = cursor.fetchone()
+    return created, updated, kept_out
 
 
 def contacts_write(
     *, cursor: Any, rows: list[dict[str, Any]], source: str, contact_list_id: int | None
 ) -> tuple[int, int, int]:
-    """Upsert cleaned contact rows (``contact_row_clean``'s output) in one
-    statement and subscribe them to the list; returns (created, updated,
-    left the list before: not re-added). The CSV import and the API's
-    bulk upsert both write through it."""
-    emails = [r["key"] for r in rows]
-    cursor.execute(
-        _CONTACTS_UPSERT,
-        {
-            "status": Contact.Status.ACTIVE,
-            "source": source,
-            "email": emails,
-            "phone": [r["phone"] for r in rows],
-            "first": [r["first_name"] for r in rows],
-            "last": [r["last_name"] for r in rows],
-            "lang": [r["language"] for r in rows],
-            "tz": [r["time_zone"] for r in rows],
-            "attrs": [json.dumps(r["attributes"]) for r in rows],
-        },
-    )
-    results = [inserted for (inserted,) in cursor.fetchall()]
-    kept_out = 0
-    if contact_list_id:
-        cursor.execute(_SUBSCRIBE, {"list": contact_list_id, "source": source, "email": emails})
-        (kept_out,) = cursor.fetchone()
-    created = sum(results)
-    return created, len(results) - created, kept_out
+    """Upsert cleaned contact rows (``contact_row_clean``'s output, distinct
+    addresses) and subscribe them to the list; returns (created, updated,
+    left the list before: not re-added). The API's bulk upsert writes
+    through it, the CSV import through the two steps it is made of."""
+    contacts_stage(
+        cursor=cursor,
+        records=(
+            (index, r["key"], r["phone"], r["first_name"], r["last_name"], r["language"],
+             r["time_zone"], json.dumps(r["attributes"]))
+            for index, r in enumerate(rows)
+        ),
+    )  # fmt: skip
+    return contacts_write_staged(cursor=cursor, source=source, contact_list_id=contact_list_id)
 
 
-def _contacts_write(
-    cursor: Any, job: ImportJob, rows: list[dict[str, Any]]
-) -> tuple[int, int, int]:
-    return contacts_write(
-        cursor=cursor, rows=rows, source=job.source, contact_list_id=job.contact_list_id
+def suppressions_stage(*, cursor: Any, records: Iterable[tuple]) -> None:
+    """Copy suppression records (row number, pattern, reason) into the
+    session's staging table, replacing what it held."""
+    _stage(cursor, _SUPPRESSION_STAGE, _SUPPRESSION_STAGE_COLUMNS, records)
+
+
+def suppressions_write_staged(*, cursor: Any) -> tuple[int, int]:
+    """Upsert the staged suppressions by pattern; returns (created, updated)."""
+    cursor.execute(_SUPPRESSIONS_UPSERT, {"source": Suppression.Source.MANUAL})
+    created, updated = cursor.fetchone()
+    return created, updated
+
+
+def _contacts_write(cursor: Any, job: ImportJob) -> tuple[int, int, int]:
+    return contacts_write_staged(
+        cursor=cursor, source=job.source, contact_list_id=job.contact_list_id
     )
 
 
-def _suppressions_write(
-    cursor: Any, job: ImportJob, rows: list[dict[str, Any]]
-) -> tuple[int, int, int]:
-    cursor.execute(
-        _SUPPRESSIONS_UPSERT,
-        {
-            "source": Suppression.Source.MANUAL,
-            "pattern": [r["key"] for r in rows],
-            "reason": [r["reason"] for r in rows],
-        },
-    )
-    results = [inserted for (inserted,) in cursor.fetchall()]
-    created = sum(results)
-    return created, len(results) - created, 0
+def _suppressions_write(cursor: Any, job: ImportJob) -> tuple[int, int, int]:
+    return (*suppressions_write_staged(cursor=cursor), 0)
 
 
 @dataclass(frozen=True)
 class _Kind:
-    clean: Callable[[dict[str, str], dict[str, str]], dict[str, Any]]
+    fields: tuple[str, ...]
+    # (row number, field values, attributes) -> the record to stage, or RowRejected.
+    record: Callable[[int, list[str], list[tuple[str, str]]], tuple]
+    stage: Callable[..., None]
+    table: str  # the staging table, whose key column is the second
+    key: str
     # Returns (created, updated, kept unsubscribed from the list).
-    write: Callable[[Any, ImportJob, list[dict[str, Any]]], tuple[int, int, int]]
+    write: Callable[[Any, ImportJob], tuple[int, int, int]]
 
 
 _KINDS = {
-    ImportJob.Kind.CONTACTS: _Kind(contact_row_clean, _contacts_write),
-    ImportJob.Kind.SUPPRESSIONS: _Kind(suppression_row_clean, _suppressions_write),
+    ImportJob.Kind.CONTACTS: _Kind(
+        CONTACT_FIELDS, _contact_record, contacts_stage, _CONTACT_STAGE, "email", _contacts_write
+    ),
+    ImportJob.Kind.SUPPRESSIONS: _Kind(
+        SUPPRESSION_FIELDS,
+        _suppression_record,
+        suppressions_stage,
+        _SUPPRESSION_STAGE,
+        "pattern",
+        _suppressions_write,
+    ),
 }
 
 
@@ -603,21 +742,27 @@ class _Seen:
         cursor.execute(f"DROP TABLE IF EXISTS {self.table}")
         cursor.execute(f"CREATE TEMP TABLE {self.table} (key text PRIMARY KEY, row integer)")
 
-    def claim(self, keys: list[str], rows: list[int]) -> dict[str, int]:
-        """Record the keys; return those seen before, with their first row."""
+    def unstage_duplicates(self, kind: _Kind) -> list[tuple[int, int]]:
+        """Record the staged keys; take out of the staging table every row
+        whose key an earlier row has (in this chunk or before) and return
+        them as (row, the first row with that key)."""
+        # The no-op update makes a key already recorded come back with its
+        # first row; only duplicates take it, so it is rare.
         self.cursor.execute(
-            f"INSERT INTO {self.table} SELECT * FROM unnest(%s::text[], %s::int[]) "
-            "ON CONFLICT (key) DO NOTHING RETURNING key",
-            [keys, rows],
+            f"""
+            WITH first AS (
+                INSERT INTO {self.table} AS s (key, row)
+                SELECT DISTINCT ON ({kind.key}) {kind.key}, row FROM {kind.table}
+                ORDER BY {kind.key}, row
+                ON CONFLICT (key) DO UPDATE SET row = s.row
+                RETURNING key, row
+            )
+            DELETE FROM {kind.table} st USING first
+            WHERE first.key = st.{kind.key} AND first.row <> st.row
+            RETURNING st.row, first.row
+            """
         )
-        fresh = {key for (key,) in self.cursor.fetchall()}
-        taken = [k for k in keys if k not in fresh]
-        if not taken:
-            return {}
-        self.cursor.execute(
-            f"SELECT key, row FROM {self.table} WHERE key = ANY(%s::text[])", [taken]
-        )
-        return dict(self.cursor.fetchall())
+        return self.cursor.fetchall()
 
     def drop(self) -> None:
         self.cursor.execute(f"DROP TABLE IF EXISTS {self.table}")
@@ -670,6 +815,7 @@ def _finish(job: ImportJob, status: str, error: str) -> None:
 
 def _import(job: ImportJob, chunk_rows: int) -> None:
     kind = _KINDS[ImportJob.Kind(job.kind)]
+    plan = _plan(job.mapping, kind.fields)
     counts = _Counts()
     reader = _Reader(source_path(job), job.delimiter)
     with connection.cursor() as cursor, report_path(job).open("w", newline="") as report_file:
@@ -678,8 +824,9 @@ def _import(job: ImportJob, chunk_rows: int) -> None:
         seen = _Seen(cursor, job.pk)
         try:
             for chunk in _chunks(reader, chunk_rows):
-                good = _check(kind, job.mapping, chunk, counts)
-                _write_chunk(cursor, kind, job, good, seen, counts)
+                _write_chunk(
+                    cursor, kind, job, _checked(kind, plan, chunk, counts), chunk, seen, counts
+                )
                 for row, reason, cells in sorted(counts.rejections):
                     report.writerow([row, reason, *(csv_safe(c) for c in cells)])
                 counts.rejections.clear()
@@ -695,7 +842,7 @@ def _chunks(
 ) -> Iterator[list[tuple[int, list[str]]]]:
     chunk: list[tuple[int, list[str]]] = []
     for row, cells in records:
-        if not any(c.strip() for c in cells):
+        if not (cells and cells[0].strip()) and not any(c.strip() for c in cells):
             continue  # a blank line is not a row anybody meant
         chunk.append((row, cells))
         if len(chunk) >= size:
@@ -705,52 +852,40 @@ def _chunks(
         yield chunk
 
 
-def _check(
-    kind: _Kind,
-    mapping: list[dict[str, str]],
-    chunk: list[tuple[int, list[str]]],
-    counts: _Counts,
-) -> list[tuple[int, list[str], dict[str, Any]]]:
-    good = []
+def _checked(
+    kind: _Kind, plan: _Plan, chunk: list[tuple[int, list[str]]], counts: _Counts
+) -> Iterator[tuple]:
+    """The chunk's good rows as records to stage; the others go to the report."""
     for row, cells in chunk:
         counts.rows_read += 1
         try:
-            good.append((row, cells, kind.clean(*_cells(mapping, cells))))
+            yield kind.record(row, *_cells(plan, cells))
         except RowRejected as exc:
             counts.rejections.append((row, str(exc), cells))
-    return good
 
 
 def _write_chunk(
     cursor: Any,
     kind: _Kind,
     job: ImportJob,
-    good: list[tuple[int, list[str], dict[str, Any]]],
+    records: Iterator[tuple],
+    chunk: list[tuple[int, list[str]]],
     seen: _Seen,
     counts: _Counts,
 ) -> None:
-    first: dict[str, int] = {}
-    unique = []
-    for row, cells, clean in good:
-        if clean["key"] in first:
-            counts.rejections.append((row, _duplicate(first[clean["key"]]), cells))
-        else:
-            first[clean["key"]] = row
-            unique.append((row, cells, clean))
+    before = len(counts.rejections)
     with transaction.atomic():
-        earlier = seen.claim([c["key"] for _, _, c in unique], [r for r, _, _ in unique])
-        rows = []
-        for row, cells, clean in unique:
-            if clean["key"] in earlier:
-                counts.rejections.append((row, _duplicate(earlier[clean["key"]]), cells))
-            else:
-                rows.append(clean)
-        if rows:
-            created, updated, kept_unsubscribed = kind.write(cursor, job, rows)
-            counts.created += created
-            counts.updated += updated
-            counts.kept_unsubscribed += kept_unsubscribed
-            counts.imported += len(rows)
+        kind.stage(cursor=cursor, records=records)  # checks the rows as it goes
+        duplicates = seen.unstage_duplicates(kind)
+        created, updated, kept_unsubscribed = kind.write(cursor, job)
+    invalid = len(counts.rejections) - before
+    if duplicates:
+        cells = dict(chunk)
+        counts.rejections.extend((row, _duplicate(first), cells[row]) for row, first in duplicates)
+    counts.created += created
+    counts.updated += updated
+    counts.kept_unsubscribed += kept_unsubscribed
+    counts.imported += len(chunk) - invalid - len(duplicates)
     counts.rejected += len(counts.rejections)
 
 
