@@ -13,18 +13,21 @@ is row 2, and a quoted cell spanning several lines is still one row."""
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import functools
 import io
 import json
 import re
+import threading
 import uuid
 import zoneinfo
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from queue import Full, Queue
+from typing import Any, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -70,6 +73,9 @@ _INT = re.compile(r"-?(0|[1-9][0-9]{0,17})\Z")
 _FLOAT = re.compile(r"-?(0|[1-9][0-9]*)\.[0-9]+\Z")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 _TIME_ZONES = frozenset(zoneinfo.available_timezones())
+
+
+T = TypeVar("T")
 
 
 class RowRejected(Exception):
@@ -622,9 +628,6 @@ def _stage(cursor: Any, table: str, columns: str, records: Iterable[tuple]) -> N
     with cursor.copy(f"COPY {table} FROM STDIN") as copy:
         for record in records:
             copy.write_row(record)
-    # The planner knows nothing of a temporary table until it is analysed;
-    # without it, joining a few thousand staged rows could scan every contact.
-    cursor.execute(f"ANALYZE {table}")
 
 
 def contacts_stage(*, cursor: Any, records: Iterable[tuple]) -> None:
@@ -729,7 +732,19 @@ class _Counts:
     updated: int = 0
     kept_unsubscribed: int = 0
     rejected: int = 0
-    rejections: list[tuple[int, str, list[str]]] = field(default_factory=list)
+
+
+Rejection = tuple[int, str, list[str]]  # row number, reason, the row's cells
+
+
+@dataclass
+class _Checked:
+    """A chunk of rows, checked: the records to stage, the rows refused."""
+
+    rows: list[tuple[int, list[str]]]
+    position: int  # bytes of the file read up to its last row
+    records: list[tuple] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
 
 
 class _Seen:
@@ -815,23 +830,20 @@ def _finish(job: ImportJob, status: str, error: str) -> None:
 
 def _import(job: ImportJob, chunk_rows: int) -> None:
     kind = _KINDS[ImportJob.Kind(job.kind)]
-    plan = _plan(job.mapping, kind.fields)
     counts = _Counts()
     reader = _Reader(source_path(job), job.delimiter)
+    chunks = _checked_chunks(kind, _plan(job.mapping, kind.fields), reader, chunk_rows)
     with connection.cursor() as cursor, report_path(job).open("w", newline="") as report_file:
         report = csv.writer(report_file)
         report.writerow(["row", "reason", *(csv_safe(h) for h in job.headers)])
         seen = _Seen(cursor, job.pk)
         try:
-            for chunk in _chunks(reader, chunk_rows):
-                _write_chunk(
-                    cursor, kind, job, _checked(kind, plan, chunk, counts), chunk, seen, counts
-                )
-                for row, reason, cells in sorted(counts.rejections):
+            for checked in _ahead(chunks):
+                rejections = _write_chunk(cursor, kind, job, checked, seen, counts)
+                for row, reason, cells in sorted(rejections):
                     report.writerow([row, reason, *(csv_safe(c) for c in cells)])
-                counts.rejections.clear()
                 report_file.flush()
-                _progress(job, counts, reader.position)
+                _progress(job, counts, checked.position)
         finally:
             seen.drop()
     _progress(job, counts, reader.position)
@@ -852,41 +864,85 @@ def _chunks(
         yield chunk
 
 
-def _checked(
-    kind: _Kind, plan: _Plan, chunk: list[tuple[int, list[str]]], counts: _Counts
-) -> Iterator[tuple]:
-    """The chunk's good rows as records to stage; the others go to the report."""
-    for row, cells in chunk:
-        counts.rows_read += 1
+def _checked_chunks(kind: _Kind, plan: _Plan, reader: _Reader, size: int) -> Iterator[_Checked]:
+    for chunk in _chunks(reader, size):
+        checked = _Checked(chunk, reader.position)
+        for row, cells in chunk:
+            try:
+                checked.records.append(kind.record(row, *_cells(plan, cells)))
+            except RowRejected as exc:
+                checked.rejections.append((row, str(exc), cells))
+        yield checked
+
+
+_END = object()
+
+
+def _ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """``items``, produced by a thread of their own up to ``depth`` ahead.
+
+    Reading and checking rows is Python's work, writing them PostgreSQL's,
+    during which the writing thread waits with the GIL released. One after
+    the other they add up; this way the next chunk is checked while this one
+    is written. Only the consuming thread touches the database (Django's
+    connection belongs to it), and the queue keeps memory to a few chunks."""
+    queue: Queue[tuple[Any, BaseException | None]] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any, error: BaseException | None = None) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put((item, error), timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
         try:
-            yield kind.record(row, *_cells(plan, cells))
-        except RowRejected as exc:
-            counts.rejections.append((row, str(exc), cells))
+            with contextlib.closing(items):  # type: ignore[type-var]
+                for item in items:
+                    if not put(item):
+                        return  # the consumer has gone
+        except BaseException as exc:  # noqa: BLE001 (raised again where items are consumed)
+            put(_END, exc)
+        else:
+            put(_END)
+
+    thread = threading.Thread(target=produce, name="herald-import-check", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _write_chunk(
-    cursor: Any,
-    kind: _Kind,
-    job: ImportJob,
-    records: Iterator[tuple],
-    chunk: list[tuple[int, list[str]]],
-    seen: _Seen,
-    counts: _Counts,
-) -> None:
-    before = len(counts.rejections)
+    cursor: Any, kind: _Kind, job: ImportJob, checked: _Checked, seen: _Seen, counts: _Counts
+) -> list[Rejection]:
+    """Write a checked chunk in one transaction; returns all its rejections."""
     with transaction.atomic():
-        kind.stage(cursor=cursor, records=records)  # checks the rows as it goes
+        kind.stage(cursor=cursor, records=checked.records)
         duplicates = seen.unstage_duplicates(kind)
         created, updated, kept_unsubscribed = kind.write(cursor, job)
-    invalid = len(counts.rejections) - before
-    if duplicates:
-        cells = dict(chunk)
-        counts.rejections.extend((row, _duplicate(first), cells[row]) for row, first in duplicates)
+    cells = dict(checked.rows) if duplicates else {}
+    rejections = checked.rejections + [
+        (row, _duplicate(first), cells[row]) for row, first in duplicates
+    ]
+    counts.rows_read += len(checked.rows)
+    counts.imported += len(checked.records) - len(duplicates)
     counts.created += created
     counts.updated += updated
     counts.kept_unsubscribed += kept_unsubscribed
-    counts.imported += len(chunk) - invalid - len(duplicates)
-    counts.rejected += len(counts.rejections)
+    counts.rejected += len(rejections)
+    return rejections
 
 
 def _duplicate(first_row: int) -> str:
