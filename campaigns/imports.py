@@ -558,53 +558,63 @@ _CONTACT_STAGE_COLUMNS = """
 """
 
 _CONTACTS_UPSERT = f"""
-WITH written AS (
-    INSERT INTO campaigns_contact AS c (
-        email, phone, first_name, last_name, language, time_zone, attributes,
-        status, source, created_at, updated_at
-    )
-    SELECT email, phone, first_name, last_name, language, time_zone, attributes,
-        %(status)s, %(source)s, now(), now()
-    FROM {_CONTACT_STAGE}
-    ON CONFLICT (email) DO UPDATE SET
-        phone = COALESCE(NULLIF(EXCLUDED.phone, ''), c.phone),
-        first_name = COALESCE(NULLIF(EXCLUDED.first_name, ''), c.first_name),
-        last_name = COALESCE(NULLIF(EXCLUDED.last_name, ''), c.last_name),
-        language = COALESCE(NULLIF(EXCLUDED.language, ''), c.language),
-        time_zone = COALESCE(NULLIF(EXCLUDED.time_zone, ''), c.time_zone),
-        attributes = c.attributes || EXCLUDED.attributes,
-        updated_at = now()
-    WHERE c.phone IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.phone, ''), c.phone)
-       OR c.first_name IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.first_name, ''), c.first_name)
-       OR c.last_name IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.last_name, ''), c.last_name)
-       OR c.language IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.language, ''), c.language)
-       OR c.time_zone IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.time_zone, ''), c.time_zone)
-       OR NOT c.attributes @> EXCLUDED.attributes
-    RETURNING xmax = 0 AS created
+INSERT INTO campaigns_contact AS c (
+    email, phone, first_name, last_name, language, time_zone, attributes,
+    status, source, created_at, updated_at
 )
-SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM written
+SELECT email, phone, first_name, last_name, language, time_zone, attributes,
+    %(status)s, %(source)s, now(), now()
+FROM {_CONTACT_STAGE}
+ON CONFLICT (email) DO UPDATE SET
+    phone = COALESCE(NULLIF(EXCLUDED.phone, ''), c.phone),
+    first_name = COALESCE(NULLIF(EXCLUDED.first_name, ''), c.first_name),
+    last_name = COALESCE(NULLIF(EXCLUDED.last_name, ''), c.last_name),
+    language = COALESCE(NULLIF(EXCLUDED.language, ''), c.language),
+    time_zone = COALESCE(NULLIF(EXCLUDED.time_zone, ''), c.time_zone),
+    attributes = c.attributes || EXCLUDED.attributes,
+    updated_at = now()
+WHERE c.phone IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.phone, ''), c.phone)
+   OR c.first_name IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.first_name, ''), c.first_name)
+   OR c.last_name IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.last_name, ''), c.last_name)
+   OR c.language IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.language, ''), c.language)
+   OR c.time_zone IS DISTINCT FROM COALESCE(NULLIF(EXCLUDED.time_zone, ''), c.time_zone)
+   OR NOT c.attributes @> EXCLUDED.attributes
+RETURNING c.id, c.email, xmax = 0 AS created
 """
 
+_CONTACTS_WRITE = f"""
+WITH written AS ({_CONTACTS_UPSERT})
+SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created), 0 FROM written
+"""
+
+# The same, and every staged contact subscribed to the list. Those the upsert
+# wrote come back with their id; only those it left unchanged are looked up.
 # A contact who left the list keeps their row, marked unsubscribed: the
 # conflict leaves it as it is (no import re-subscribes anybody), and the
-# statement counts them for the report. The lookups are correlated
-# subqueries so that each is one index probe: a join would let the planner,
-# whose statistics lag behind a growing table, scan every contact and every
-# subscription of the list for each chunk.
-_SUBSCRIBE = f"""
-WITH named AS MATERIALIZED (
-    SELECT (SELECT c.id FROM campaigns_contact c WHERE c.email = st.email) AS id
-    FROM {_CONTACT_STAGE} st
+# statement counts them for the report (a contact created just now cannot
+# be one). The lookups are correlated subqueries so that each is one index
+# probe: a join would let the planner, whose statistics lag behind a growing
+# table, scan every contact and every subscription of the list per chunk.
+_CONTACTS_WRITE_SUBSCRIBE = f"""
+WITH written AS ({_CONTACTS_UPSERT}),
+named AS MATERIALIZED (
+    SELECT id, created FROM written
+    UNION ALL
+    SELECT (SELECT c.id FROM campaigns_contact c WHERE c.email = st.email), false
+    FROM {_CONTACT_STAGE} st WHERE NOT EXISTS (SELECT FROM written WHERE email = st.email)
 ),
 added AS (
     INSERT INTO campaigns_subscription (contact_id, contact_list_id, created_at, source)
     SELECT id, %(list)s, now(), %(source)s FROM named
     ON CONFLICT (contact_list_id, contact_id) DO NOTHING
 )
-SELECT count(*) FROM named WHERE (
-    SELECT s.unsubscribed_at FROM campaigns_subscription s
-    WHERE s.contact_list_id = %(list)s AND s.contact_id = named.id
-) IS NOT NULL
+SELECT
+    (SELECT count(*) FROM written WHERE created),
+    (SELECT count(*) FROM written WHERE NOT created),
+    (SELECT count(*) FROM named WHERE NOT created AND (
+        SELECT s.unsubscribed_at FROM campaigns_subscription s
+        WHERE s.contact_list_id = %(list)s AND s.contact_id = named.id
+    ) IS NOT NULL)
 """
 
 _SUPPRESSION_STAGE = "herald_suppression_stage"
@@ -641,15 +651,14 @@ def contacts_stage(*, cursor: Any, records: Iterable[tuple]) -> None:
 def contacts_write_staged(
     *, cursor: Any, source: str, contact_list_id: int | None
 ) -> tuple[int, int, int]:
-    """Upsert the staged contacts by address in one statement and subscribe
-    them to the list in another; returns (created, updated, left the list
-    before: not re-added). Staged addresses must be distinct."""
-    cursor.execute(_CONTACTS_UPSERT, {"status": Contact.Status.ACTIVE, "source": source})
-    created, updated = cursor.fetchone()
-    kept_out = 0
-    if contact_list_id:
-        cursor.execute(_SUBSCRIBE, {"list": contact_list_id, "source": source})
-        (kept_out,) = cursor.fetchone()
+    """Upsert the staged contacts by address and subscribe them to the list,
+    in one statement; returns (created, updated, left the list before: not
+    re-added). Staged addresses must be distinct."""
+    cursor.execute(
+        _CONTACTS_WRITE_SUBSCRIBE if contact_list_id else _CONTACTS_WRITE,
+        {"status": Contact.Status.ACTIVE, "source": source, "list": contact_list_id},
+    )
+    created, updated, kept_out = cursor.fetchone()
     return created, updated, kept_out
 
 
