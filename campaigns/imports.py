@@ -654,6 +654,9 @@ def contacts_write_staged(
     """Upsert the staged contacts by address and subscribe them to the list,
     in one statement; returns (created, updated, left the list before: not
     re-added). Staged addresses must be distinct."""
+    # The statement's estimated cost passes the JIT threshold, and compiling
+    # it takes longer (about 20 ms) than the compiled code saves on a chunk.
+    cursor.execute("SET LOCAL jit = off")
     cursor.execute(
         _CONTACTS_WRITE_SUBSCRIBE if contact_list_id else _CONTACTS_WRITE,
         {"status": Contact.Status.ACTIVE, "source": source, "list": contact_list_id},
@@ -709,8 +712,8 @@ class _Kind:
     # (row number, field values, attributes) -> the record to stage, or RowRejected.
     record: Callable[[int, list[str], list[tuple[str, str]]], tuple]
     stage: Callable[..., None]
-    table: str  # the staging table, whose key column is the second
-    key: str
+    table: str  # the staging table
+    key: str  # its column of the key, second in a record after the row number
     # Returns (created, updated, kept unsubscribed from the list).
     write: Callable[[Any, ImportJob], tuple[int, int, int]]
 
@@ -757,33 +760,33 @@ class _Checked:
 
 
 class _Seen:
-    """Keys already taken by an earlier row of this file, kept in a temporary
-    table so a million addresses cost the worker no memory."""
+    """Keys already taken by an earlier chunk of this file, kept in a temporary
+    table so a million addresses cost the worker no memory. Keys compare
+    byte by byte (collation C), which is what equality means anyway, without
+    the cost of the locale's rules in every index comparison."""
 
     def __init__(self, cursor: Any, job_id: int) -> None:
         self.cursor = cursor
         self.table = f"herald_import_seen_{job_id}"
         cursor.execute(f"DROP TABLE IF EXISTS {self.table}")
-        cursor.execute(f"CREATE TEMP TABLE {self.table} (key text PRIMARY KEY, row integer)")
+        cursor.execute(
+            f'CREATE TEMP TABLE {self.table} (key text COLLATE "C" PRIMARY KEY, row integer)'
+        )
 
     def unstage_duplicates(self, kind: _Kind) -> list[tuple[int, int]]:
-        """Record the staged keys; take out of the staging table every row
-        whose key an earlier row has (in this chunk or before) and return
+        """Record the staged keys (distinct within the chunk); take out of the
+        staging table the rows whose key an earlier chunk had, and return
         them as (row, the first row with that key)."""
-        # The no-op update makes a key already recorded come back with its
-        # first row; only duplicates take it, so it is rare.
         self.cursor.execute(
             f"""
-            WITH first AS (
-                INSERT INTO {self.table} AS s (key, row)
-                SELECT DISTINCT ON ({kind.key}) {kind.key}, row FROM {kind.table}
-                ORDER BY {kind.key}, row
-                ON CONFLICT (key) DO UPDATE SET row = s.row
-                RETURNING key, row
+            WITH fresh AS (
+                INSERT INTO {self.table} (key, row) SELECT {kind.key}, row FROM {kind.table}
+                ON CONFLICT (key) DO NOTHING
+                RETURNING key
             )
-            DELETE FROM {kind.table} st USING first
-            WHERE first.key = st.{kind.key} AND first.row <> st.row
-            RETURNING st.row, first.row
+            DELETE FROM {kind.table} st
+            WHERE NOT EXISTS (SELECT FROM fresh WHERE key = st.{kind.key} COLLATE "C")
+            RETURNING st.row, (SELECT row FROM {self.table} WHERE key = st.{kind.key} COLLATE "C")
             """
         )
         return self.cursor.fetchall()
@@ -874,13 +877,23 @@ def _chunks(
 
 
 def _checked_chunks(kind: _Kind, plan: _Plan, reader: _Reader, size: int) -> Iterator[_Checked]:
+    """Each chunk's rows checked, and a key repeated within it rejected; a
+    key from an earlier chunk is found when the chunk is written."""
     for chunk in _chunks(reader, size):
         checked = _Checked(chunk, reader.position)
+        first: dict[str, int] = {}
         for row, cells in chunk:
             try:
-                checked.records.append(kind.record(row, *_cells(plan, cells)))
+                record = kind.record(row, *_cells(plan, cells))
             except RowRejected as exc:
                 checked.rejections.append((row, str(exc), cells))
+                continue
+            key = record[1]
+            if key in first:
+                checked.rejections.append((row, _duplicate(first[key]), cells))
+            else:
+                first[key] = row
+                checked.records.append(record)
         yield checked
 
 
