@@ -19,6 +19,7 @@ import functools
 import io
 import json
 import re
+import sys
 import threading
 import uuid
 import zoneinfo
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from queue import Full, Queue
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -317,10 +318,20 @@ class _Reader:
 
     path: Path
     delimiter: str
-    position: int = 0
+    _file: BinaryIO | None = None
+    _size: int = 0
+
+    @property
+    def position(self) -> int:
+        # Asked once a chunk, not once a row: a tell() per row costs more
+        # than parsing it.
+        if self._file is None or self._file.closed:
+            return self._size
+        return self._file.tell()
 
     def __iter__(self) -> Iterator[tuple[int, list[str]]]:
         with self.path.open("rb") as raw:
+            self._file = raw
             text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
             reader = csv.reader(text, delimiter=self.delimiter)
             row = 1
@@ -328,11 +339,13 @@ class _Reader:
                 next(reader)
                 for cells in reader:
                     row += 1
-                    self.position = raw.tell()
                     yield row, cells
             except csv.Error as exc:
                 raise _FileBroken(f"Row {row + 1} could not be read as CSV: {exc}.") from None
-            self.position = raw.tell()
+            self._size = raw.tell()
+
+
+_FORMULA_STARTS = frozenset("=+-@\t\r")
 
 
 class _FileBroken(Exception):
@@ -346,9 +359,13 @@ def _records(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
 def _unescape(cell: str) -> str:
     # Undo the quote our exports put before a cell that looks like a formula,
     # so an exported file imports back unchanged.
-    if len(cell) > 1 and cell[0] == "'" and cell[1] in "=+-@\t\r":
+    if cell[1:2] in _FORMULA_STARTS and cell[:1] == "'":
         return cell[1:]
     return cell
+
+
+# The cell index of a field no column holds: beyond the end of any row.
+_ABSENT = sys.maxsize
 
 
 @dataclass(frozen=True)
@@ -357,7 +374,7 @@ class _Plan:
     mapping rather than for every row."""
 
     width: int
-    fields: tuple[int | None, ...]  # a cell index per field of the kind, in its order
+    fields: tuple[int, ...]  # a cell index per field of the kind, in its order
     attributes: tuple[tuple[int, str], ...]  # (cell index, attribute name)
 
 
@@ -365,7 +382,7 @@ def _plan(mapping: list[dict[str, str]], fields: tuple[str, ...]) -> _Plan:
     where = {column["field"]: i for i, column in enumerate(mapping)}
     return _Plan(
         width=len(mapping),
-        fields=tuple(where.get(name) for name in fields),
+        fields=tuple(where.get(name, _ABSENT) for name in fields),
         attributes=tuple(
             (i, column["name"])
             for i, column in enumerate(mapping)
@@ -380,9 +397,7 @@ def _cells(plan: _Plan, cells: list[str]) -> tuple[list[str], list[tuple[str, st
     count = len(cells)
     if count > plan.width and any(c.strip() for c in cells[plan.width :]):
         raise RowRejected(f"the row has more columns than the header ({count} > {plan.width})")
-    values = [
-        _unescape(cells[i].strip()) if i is not None and i < count else "" for i in plan.fields
-    ]
+    values = [_unescape(cells[i].strip()) if i < count else "" for i in plan.fields]
     attributes = [
         (name, value)
         for i, name in plan.attributes
@@ -448,6 +463,12 @@ def normalise_phone(value: str) -> str:
 def attribute_value(text: str) -> Any:
     """Type a custom attribute: int, float, bool, else string (ISO dates stay
     strings in the JSON, checked, so they sort and compare as dates)."""
+    # A column holds the same few short values over and over (plans, dates,
+    # yes/no): each is typed once. Long texts are not kept.
+    return _short_attribute_value(text) if len(text) <= 32 else _attribute_value(text)
+
+
+def _attribute_value(text: str) -> Any:
     if _INT.match(text):
         return int(text)
     if _FLOAT.match(text):
@@ -461,6 +482,9 @@ def attribute_value(text: str) -> Any:
         except ValueError:
             return text
     return text
+
+
+_short_attribute_value = functools.lru_cache(maxsize=4096)(_attribute_value)
 
 
 def _name(value: str, label: str) -> str:
