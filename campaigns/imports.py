@@ -552,6 +552,8 @@ def suppression_fields_clean(pattern: str, reason: str) -> tuple[str, str]:
         key = normalise_email(pattern)
     if len(reason) > 255:
         raise RowRejected("reason is longer than 255 characters")
+    if "\x00" in reason:
+        raise RowRejected("NUL character in reason")
     return key, reason
 
 
@@ -561,8 +563,13 @@ def suppression_row_clean(values: dict[str, str], attributes: dict[str, str]) ->
 
 
 def _contact_record(row: int, values: list[str], attributes: list[tuple[str, str]]) -> tuple:
-    typed = {name: attribute_value(text) for name, text in attributes}
-    return (row, *contact_fields_clean(*values), json.dumps(typed))
+    fields = contact_fields_clean(*values)
+    encoded = json.dumps({name: attribute_value(text) for name, text in attributes})
+    if "\\u0000" in encoded:  # PostgreSQL can store no NUL character
+        for name, text in attributes:
+            if "\x00" in text:
+                raise RowRejected(f"NUL character in custom attribute {name}")
+    return (row, *fields, encoded)
 
 
 def _suppression_record(row: int, values: list[str], attributes: list[tuple[str, str]]) -> tuple:
@@ -659,7 +666,7 @@ SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM
 def _stage(cursor: Any, table: str, columns: str, records: Iterable[tuple]) -> None:
     cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({columns})")
     cursor.execute(f"TRUNCATE {table}")
-    with cursor.copy(f"COPY {table} FROM STDIN") as copy:
+    with cursor.db.wrap_database_errors, cursor.copy(f"COPY {table} FROM STDIN") as copy:
         for record in records:
             copy.write_row(record)
 
