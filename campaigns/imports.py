@@ -44,7 +44,7 @@ from smtpservers.validators import validate_header_value
 from .exports import csv_safe
 from .models import Contact, ContactList, ImportJob, Suppression
 
-CHUNK_ROWS = 10_000
+CHUNK_ROWS = 20_000
 MAX_COLUMNS = 200
 # A running import whose heartbeat is older than this belongs to a dead
 # worker; a redelivered task may take it over and start again.
@@ -981,8 +981,10 @@ def _write_chunk(
     cursor: Any, kind: _Kind, job: ImportJob, checked: _Checked, seen: _Seen, counts: _Counts
 ) -> list[Rejection]:
     """Write a checked chunk in one transaction; returns all its rejections."""
+    staged = len(checked.records)
     with transaction.atomic():
         kind.stage(cursor=cursor, records=checked.records)
+        checked.records.clear()  # in the database now; free while it writes
         duplicates = seen.unstage_duplicates(kind)
         created, updated, kept_unsubscribed = kind.write(cursor, job)
     cells = dict(checked.rows) if duplicates else {}
@@ -990,7 +992,7 @@ def _write_chunk(
         (row, _duplicate(first), cells[row]) for row, first in duplicates
     ]
     counts.rows_read += len(checked.rows)
-    counts.imported += len(checked.records) - len(duplicates)
+    counts.imported += staged - len(duplicates)
     counts.created += created
     counts.updated += updated
     counts.kept_unsubscribed += kept_unsubscribed
