@@ -1,11 +1,13 @@
 """CSV import of contacts and suppressions, streamed from a file on disk.
 
 The upload is written to settings.VAR_DIR / "imports" as it arrives and is
-never held in memory whole. The import reads it row by row, checks each row,
-and writes good rows a chunk at a time with one set-based upsert per chunk
-(INSERT ... ON CONFLICT DO UPDATE), so a million rows cost a thousand
-statements, and re-importing a file changes nothing that is already so.
-Every rejected row goes to a report CSV with its row number and reason.
+never held in memory whole. The import reads it a chunk of rows at a time
+and checks each row, in a thread of its own one chunk ahead; the good rows
+are copied (COPY) into a staging table and written with one set-based
+statement (INSERT ... ON CONFLICT DO UPDATE, and the list's subscriptions),
+one transaction per chunk, so re-importing a file changes nothing that is
+already so. Every rejected row goes to a report CSV with its row number and
+reason.
 
 Row numbers are spreadsheet rows: the header is row 1, the first data row
 is row 2, and a quoted cell spanning several lines is still one row."""
