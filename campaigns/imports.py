@@ -507,7 +507,7 @@ def contact_fields_clean(
 ) -> tuple[str, str, str, str, str, str]:
     """Check one contact's fields (CONTACT_FIELDS' order), the first failed
     check giving the reason; returns them as stored, the address normalised."""
-    if language and not _LANGUAGE.match(language):
+    if language and (len(language) > 16 or not _LANGUAGE.match(language)):
         raise RowRejected(f"invalid language: {language!r} (use a code such as en or pt-BR)")
     if time_zone and time_zone not in _TIME_ZONES:
         raise RowRejected(f"invalid time zone: {time_zone!r} (use a name such as Europe/Paris)")
@@ -878,12 +878,17 @@ def _import(job: ImportJob, chunk_rows: int) -> None:
     counts = _Counts()
     reader = _Reader(source_path(job), job.delimiter)
     chunks = _checked_chunks(kind, _plan(job.mapping, kind.fields), reader, chunk_rows)
-    with connection.cursor() as cursor, report_path(job).open("w", newline="") as report_file:
+    with (
+        connection.cursor() as cursor,
+        report_path(job).open("w", newline="") as report_file,
+        # Closed on the way out whatever happens, which stops the checking thread.
+        contextlib.closing(_ahead(chunks)) as checked_chunks,
+    ):
         report = csv.writer(report_file)
         report.writerow(["row", "reason", *(csv_safe(h) for h in job.headers)])
         seen = _Seen(cursor, job.pk)
         try:
-            for checked in _ahead(chunks):
+            for checked in checked_chunks:
                 rejections = _write_chunk(cursor, kind, job, checked, seen, counts)
                 for row, reason, cells in sorted(rejections):
                     report.writerow([row, reason, *(csv_safe(c) for c in cells)])

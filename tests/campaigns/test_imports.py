@@ -291,6 +291,16 @@ def test_a_nul_character_rejects_its_row_not_the_import() -> None:
     assert list(Contact.objects.values_list("email", flat=True)) == ["a@example.org"]
 
 
+def test_a_language_code_too_long_to_store_rejects_its_row_not_the_import() -> None:
+    job = run("email,language\na@example.org,pt-BR\nb@example.org,en-abcdefgh-abcdefgh\n")
+
+    assert job.status == ImportJob.Status.DONE, job.error
+    assert [r[:2] for r in report(job)[1:]] == [
+        ["3", "invalid language: 'en-abcdefgh-abcdefgh' (use a code such as en or pt-BR)"]
+    ]
+    assert Contact.objects.get().language == "pt-BR"
+
+
 # Addresses the import judges without email-validator's full parse when they
 # look plain, and some that only look so.
 ADDRESSES = [
