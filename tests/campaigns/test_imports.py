@@ -265,6 +265,98 @@ def test_an_exported_file_imports_back_unchanged() -> None:
     )
 
 
+def test_every_later_row_with_an_address_is_rejected_naming_an_earlier_one() -> None:
+    job = run(
+        "email,first_name\n"
+        "a@example.org,First\nb@example.org,B\n"  # chunk 1
+        "A@EXAMPLE.ORG,Second\na@example.org,Third\n"  # chunk 2
+        "c@example.org,C\nb@example.org,B again\n",  # chunk 3
+        chunk_rows=2,
+    )
+
+    assert [r[:2] for r in report(job)[1:]] == [
+        ["4", "duplicate in file (same address as row 2)"],
+        ["5", "duplicate in file (same address as row 4)"],
+        ["7", "duplicate in file (same address as row 3)"],
+    ]
+    assert (job.imported, job.rejected) == (3, 3)
+    assert Contact.objects.get(email="a@example.org").first_name == "First"
+
+
+def test_a_nul_character_rejects_its_row_not_the_import() -> None:
+    job = run("email,notes\na@example.org,ok\nb@example.org,x\x00y\n")
+
+    assert job.status == ImportJob.Status.DONE, job.error
+    assert [r[:2] for r in report(job)[1:]] == [["3", "NUL character in custom attribute notes"]]
+    assert list(Contact.objects.values_list("email", flat=True)) == ["a@example.org"]
+
+
+def test_a_language_code_too_long_to_store_rejects_its_row_not_the_import() -> None:
+    job = run("email,language\na@example.org,pt-BR\nb@example.org,en-abcdefgh-abcdefgh\n")
+
+    assert job.status == ImportJob.Status.DONE, job.error
+    assert [r[:2] for r in report(job)[1:]] == [
+        ["3", "invalid language: 'en-abcdefgh-abcdefgh' (use a code such as en or pt-BR)"]
+    ]
+    assert Contact.objects.get().language == "pt-BR"
+
+
+# Addresses the import judges without email-validator's full parse when they
+# look plain, and some that only look so.
+ADDRESSES = [
+    "jane@example.org",
+    "Jane.Doe+news@Mail.Example.ORG",
+    "Info@Example.org",
+    "o'brien@example.org",
+    "a@b@example.org",
+    "a@@example.org",
+    ".a@example.org",
+    "a.@example.org",
+    "a..b@example.org",
+    "a@example",
+    "a@localhost",
+    "a@host.test",
+    "a@host.invalid",
+    "a@-host.example.org",
+    "a@host-.example.org",
+    "a@host..example.org",
+    "a@example.org.",
+    "a@example.123",
+    "a@192.0.2.1",
+    "a@[192.0.2.1]",
+    "a@exa_mple.org",
+    "a@example.org:25",
+    "a b@example.org",
+    '"a b"@example.org',
+    "Jane <jane@example.org>",
+    "jane@exämple.org",
+    "jane@xn--exmple-cua.org",
+    "josé@example.org",
+    "x" * 64 + "@example.org",
+    "x" * 65 + "@example.org",
+    "x" * 242 + "@example.org",
+    "x" * 243 + "@example.org",
+    "x" * 235 + "@xn--exmple-cua.org",
+    "a@" + "b" * 64 + ".example.org",
+]
+
+
+@pytest.mark.parametrize("address", ADDRESSES)
+def test_an_address_is_judged_as_email_validator_judges_it(address: str) -> None:
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        expected = validate_email(address, check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        expected = f"invalid address: {exc}"
+    for _ in range(2):  # the second time, its domain's verdict comes from the cache
+        try:
+            judged = imports.normalise_email(address)
+        except imports.RowRejected as exc:
+            judged = str(exc)
+        assert judged == expected
+
+
 def test_a_semicolon_separated_file_is_read() -> None:
     job = run("email;first_name\na@example.org;Ann\n")
     assert (job.imported, job.rejected) == (1, 0)
