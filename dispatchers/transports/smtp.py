@@ -174,15 +174,16 @@ class SmtpSession:
             self.lost = True
             if isinstance(exc, TimeoutError | OSError):
                 exc = ConnectionLost(_describe(exc))
+            unanswered = [
+                (current[0], data_sent),
+                *((j[0], False) for j in (following, leftover) if j is not None),
+            ]
             if isinstance(exc, ConnectionLost) and exc.result is not None:
                 # A 421 that says "too fast": a verdict on this message (its
                 # provider slows down); the session is gone all the same.
                 report(current[0], exc.result, None)
-                current = None
-            for key, maybe_delivered in (
-                *(((current[0], data_sent),) if current is not None else ()),
-                *((j[0], False) for j in (following, leftover) if j is not None),
-            ):
+                unanswered = unanswered[1:]
+            for key, maybe_delivered in unanswered:
                 report(
                     key,
                     None,
