@@ -36,7 +36,13 @@ from django.utils import timezone
 from dispatchers.mailbox_providers import known_provider_sql, mail_domains_resolve
 from dispatchers.models import Dispatcher, MailDomain, ProviderRate
 from dispatchers.pool import Completion, SendPool, SmtpSendPool, send_pool_for
-from dispatchers.ratelimit import rate_budget, rate_refund, rate_spend, rate_usage_prune
+from dispatchers.ratelimit import (
+    rate_budget,
+    rate_clock,
+    rate_refund,
+    rate_spend,
+    rate_usage_prune,
+)
 from dispatchers.services import dispatcher_pause, pool_member_fail, pool_member_record_failover
 from dispatchers.signing import signer_for
 from dispatchers.throttle import (
@@ -584,6 +590,7 @@ def batch_claim(
         )
         if not dispatcher.is_enabled or dispatcher.blocked_reason:
             return None
+        now = rate_clock(dispatcher=dispatcher, now=now)
         if dispatcher.retry_after is not None and dispatcher.retry_after > now:
             return None  # a pool member out of rotation, backing off
         open_batches = Batch.objects.filter(dispatcher=dispatcher, finished_at__isnull=True)

@@ -26,6 +26,23 @@ def _minute(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
 
+def rate_clock(*, dispatcher: Dispatcher, now: datetime) -> datetime:
+    """``now``, or the latest minute the ledger has already spent in if that
+    is later: the ledger's clock never runs backwards.
+
+    A claimer takes its time before it waits for the dispatcher lock; when
+    another claimer spent in the next minute meanwhile, spending in the
+    earlier one would shorten a block's pause or a window behind the other's
+    back. Call with the dispatcher row locked."""
+    latest = (
+        RateUsage.objects.filter(dispatcher=dispatcher, minute__gt=_minute(now))
+        .order_by("-minute")
+        .values_list("minute", flat=True)
+        .first()
+    )
+    return latest if latest is not None else now
+
+
 def rate_budget(*, dispatcher: Dispatcher, now: datetime) -> int:
     """Messages the dispatcher may still reserve in the window ending now.
 

@@ -1,6 +1,6 @@
 """One sending process for the rate-limit tests: claims batches for a
 dispatcher on a compressed clock and sends each for real, writing what
-each claim handed out (virtual time, size) as JSON lines.
+each claim handed out (the claim's virtual time, size) as JSON lines.
 
     python -m tests.ratelimit_process <dispatcher id> <start iso> <speedup> <seconds> <out>
 
@@ -31,7 +31,10 @@ def main(dispatcher_id: int, start: datetime, speedup: float, seconds: float, ou
             if batch is None:
                 time.sleep(0.01)
                 continue
-            records.write(json.dumps({"at": now.isoformat(), "size": batch.size}) + "\n")
+            # The claim's own time: later than ``now`` when another process
+            # spent in a later minute while this one waited for the lock.
+            at = batch.created_at.isoformat()
+            records.write(json.dumps({"at": at, "size": batch.size}) + "\n")
             records.flush()
             services.batch_send(batch_id=batch.pk)
 

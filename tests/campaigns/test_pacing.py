@@ -163,6 +163,33 @@ def test_blocks_send_n_then_pause_m_minutes(start: datetime) -> None:
     assert claim_all(dispatcher, now=start + timedelta(minutes=15)) == []
 
 
+def test_a_claim_that_waited_for_the_lock_counts_in_the_minute_already_spent_in(
+    start: datetime,
+) -> None:
+    """A worker took its time, then waited while another claimed in the next
+    minute: its claim belongs to that minute, not the earlier one, or the
+    pause before the block would be a minute short."""
+    dispatcher = pickup_dispatcher(
+        messages_per_hour=10_000,
+        batch_size=20,
+        pacing=Dispatcher.Pacing.BLOCKS,
+        block_size=50,
+        block_pause_minutes=5,
+    )
+    backlog(200, dispatcher)
+    assert claim_all(dispatcher, now=start) == [20, 20, 10]
+    next_block = start + timedelta(minutes=5)
+
+    first = services.batch_claim(dispatcher_id=dispatcher.pk, now=next_block)
+    late = services.batch_claim(dispatcher_id=dispatcher.pk, now=next_block - timedelta(seconds=1))
+
+    assert (first.size, late.size) == (20, 20)
+    assert late.created_at == next_block
+    assert claim_all(dispatcher, now=next_block) == [10]  # the rest of this block
+    spent = dict(RateUsage.objects.filter(dispatcher=dispatcher).values_list("minute", "count"))
+    assert spent == {start: 50, next_block: 50}  # two blocks, a full pause between
+
+
 def test_a_block_stays_within_the_hourly_limit(start: datetime) -> None:
     dispatcher = pickup_dispatcher(
         messages_per_hour=60,
