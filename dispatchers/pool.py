@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -168,6 +169,10 @@ class SmtpSendPool(SendPool[K]):
         self._in_flight = 0
         self._loop = asyncio.new_event_loop()
         self._waiting: asyncio.Queue[tuple[K, bytes, str, str] | None] | None = None
+        # Handed over from the caller's thread: one wake-up of the loop
+        # takes all that came meanwhile, instead of one per message.
+        self._handed: deque[tuple[K, bytes, str, str]] = deque()
+        self._wake_pending = False
         self._sessions: list[SmtpSession] = []
         self._thread = threading.Thread(target=self._run, name="herald-send", daemon=True)
         self._started = threading.Event()
@@ -190,9 +195,19 @@ class SmtpSendPool(SendPool[K]):
         if self._signer is not None:
             # The last step before the wire: nothing may change the message after.
             message = self._signer.sign(message)
-        job = (key, message_bytes(message), sender, recipient)
         self._in_flight += 1
-        self._loop.call_soon_threadsafe(self._waiting.put_nowait, job)  # type: ignore[union-attr]
+        self._handed.append((key, message_bytes(message), sender, recipient))
+        # After the append: a wake-up the loop has already cleared is asked
+        # for again, and one still to run will find this job.
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon_threadsafe(self._take_handed)
+
+    def _take_handed(self) -> None:
+        assert self._waiting is not None
+        self._wake_pending = False  # before taking: a job appended now asks again
+        while self._handed:
+            self._waiting.put_nowait(self._handed.popleft())
 
     async def _work(self) -> None:
         assert self._waiting is not None
@@ -253,6 +268,7 @@ class SmtpSendPool(SendPool[K]):
 
     def close(self) -> None:
         if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._take_handed)  # anything handed over goes first
             for _ in range(self.size):
                 self._loop.call_soon_threadsafe(self._waiting.put_nowait, None)  # type: ignore[union-attr]
             self._thread.join()
