@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from django.db import connection
 from django.db.models import F, Sum, Value
 from django.db.models.functions import Greatest
 
@@ -125,11 +126,15 @@ def _spread_budget(per_hour: int, spent: dict[datetime, int], current: datetime)
 def rate_spend(*, dispatcher: Dispatcher, count: int, now: datetime) -> None:
     if count <= 0:
         return
-    row, created = RateUsage.objects.get_or_create(
-        dispatcher=dispatcher, minute=_minute(now), defaults={"count": count}
-    )
-    if not created:
-        RateUsage.objects.filter(pk=row.pk).update(count=F("count") + count)
+    # One statement, not a read then a write: it runs with the dispatcher
+    # locked, where every claimer waits for every other.
+    with connection.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {RateUsage._meta.db_table} AS u (dispatcher_id, minute, count) "
+            "VALUES (%s, %s, %s) ON CONFLICT (dispatcher_id, minute) "
+            "DO UPDATE SET count = u.count + EXCLUDED.count",
+            [dispatcher.pk, _minute(now), count],
+        )
 
 
 def rate_refund(*, dispatcher_id: int, count: int, spent_at: datetime) -> None:
