@@ -15,11 +15,13 @@ import hashlib
 import json
 import logging
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from anymail.signals import AnymailTrackingEvent
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from campaigns.messages import UNSUBSCRIBE_TAG, tagged_token, verp_token
@@ -404,10 +406,24 @@ def _esp_event_id(provider: str, event: AnymailTrackingEvent) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# The dispatcher whose webhook URL an event came in on (bounces/webhooks.py
+# sets it around anymail's view, whose signal carries no such thing): only
+# the items it sent can be the event's. None on the older URLs that name
+# no dispatcher.
+receiving_dispatcher: ContextVar[int | None] = ContextVar("receiving_dispatcher", default=None)
+
+
 def _esp_match(event: AnymailTrackingEvent) -> Match:
     """The item an event is about: Herald's Message-ID (<token@...>), then
-    the provider's message id recorded at send, then the address."""
+    the provider's message id recorded at send, then the address. Of the
+    items the receiving dispatcher sent (its campaigns' and its pools'): a
+    provider account another dispatcher shares cannot move their items."""
     items = CampaignItem.objects.select_related("contact")
+    if (dispatcher_id := receiving_dispatcher.get()) is not None:
+        items = items.filter(
+            Q(campaign__dispatcher_id=dispatcher_id)
+            | Q(campaign__pool__members__dispatcher_id=dispatcher_id)
+        )
     message_id = str(event.message_id or "").strip()  # Postal and Mailjet: numbers
     local = message_id.strip("<>").partition("@")[0].lower()
     if _TOKEN.match(local) and (item := items.filter(token=local).first()):

@@ -69,6 +69,7 @@ from django.views.decorators.csrf import csrf_exempt
 from dispatchers.models import Dispatcher
 from smtpservers.encryption import reveal
 
+from .services import receiving_dispatcher
 from .sns import SnsSignatureError, sns_signature_verify, sns_subscription_confirm
 
 # A signed request may arrive a little early by the clocks.
@@ -351,4 +352,8 @@ def esp_tracking(request: HttpRequest, provider: str, dispatcher_id: int) -> Htt
     if view is None or dispatcher is None:
         raise Http404("No such email service dispatcher")
     kwargs = view.dispatcher_kwargs(dispatcher, request)
-    return view.as_view(**kwargs)(request)  # type: ignore[attr-defined,no-any-return]
+    receiving = receiving_dispatcher.set(dispatcher.pk)
+    try:
+        return view.as_view(**kwargs)(request)  # type: ignore[attr-defined,no-any-return]
+    finally:
+        receiving_dispatcher.reset(receiving)

@@ -688,6 +688,7 @@ def hook(request: Any, sent: dict[str, Received], settings: Any) -> Iterator[Hoo
     )
     if spec.code == "mandrill":
         keys.private = dispatcher.pk  # the signed URL names the dispatcher
+    Campaign.objects.update(dispatcher=dispatcher)  # the provider sent them
     # What the ESP transport recorded at send: the provider's id per message.
     ids = {}
     for n, email in enumerate(sorted(sent)):
@@ -746,6 +747,7 @@ def test_a_soft_bounce_is_not_a_hard_one(sent: dict[str, Received]) -> None:
     dispatcher = make_dispatcher(
         delivery_mode=Dispatcher.DeliveryMode.API, esp_provider="mailersend", **fields
     )
+    Campaign.objects.update(dispatcher=dispatcher)
     CampaignItem.objects.filter(contact__email="user0@example.org").update(queue_id="ms-1")
     payload = mailersend_event("bounce", "user0@example.org", "ms-1", time.time())
     payload["type"], payload["data"]["type"] = "activity.soft_bounced", "soft_bounced"
@@ -761,6 +763,27 @@ def test_a_soft_bounce_is_not_a_hard_one(sent: dict[str, Received]) -> None:
     assert Bounce.objects.get().kind == Kind.SOFT
     assert item_of("user0@example.org").contact.status == Contact.Status.ACTIVE
     assert not Suppression.objects.exists()
+
+
+def test_an_event_about_mail_another_dispatcher_sent_moves_none_of_its_items(
+    sent: dict[str, Received],
+) -> None:
+    """Two dispatchers on one provider account: the webhook of the one that
+    did not send a message finds no item of it (only its address)."""
+    spec = next(s for s in SPECS if s.code == "mailersend")
+    keys, fields = _keys("mailersend", None)
+    other = make_dispatcher(
+        delivery_mode=Dispatcher.DeliveryMode.API, esp_provider="mailersend", **fields
+    )
+    CampaignItem.objects.filter(contact__email="user0@example.org").update(queue_id="ms-1")
+    url = reverse("bounces:esp_tracking", args=["mailersend", other.pk])
+    hook = Hook(spec, other, keys, {"user0@example.org": "ms-1"}, url)
+
+    assert hook.post(hook.request("bounce", "user0@example.org")) == 200
+
+    bounce = Bounce.objects.get()
+    assert (bounce.item, bounce.matched_by) == (None, "address")
+    assert item_of("user0@example.org").status == S.SENT  # the sender's item is untouched
 
 
 # --- refused -------------------------------------------------------------------------
@@ -926,6 +949,7 @@ def test_opens_and_clicks_reported_by_the_provider_reach_the_report(
     dispatcher = make_dispatcher(
         delivery_mode=Dispatcher.DeliveryMode.API, esp_provider="mailtrap", **fields
     )
+    Campaign.objects.update(dispatcher=dispatcher)
     CampaignItem.objects.filter(contact__email="user0@example.org").update(queue_id="mt-1")
     spec = next(s for s in SPECS if s.code == "mailtrap")
     hook = Hook(
