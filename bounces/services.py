@@ -21,11 +21,11 @@ from datetime import datetime, timedelta
 
 from anymail.signals import AnymailTrackingEvent
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from campaigns.messages import UNSUBSCRIBE_TAG, tagged_token, verp_token
 from campaigns.models import CampaignItem, Contact, Suppression, TrackingEvent
+from campaigns.selectors import campaigns_sent_through
 from campaigns.services import contact_unsubscribe, suppression_add
 from campaigns.tracking import item_record_delivery, tracking_record_provider_event
 from jobs.locks import BOUNCE_MAILBOXES, advisory_lock
@@ -420,10 +420,7 @@ def _esp_match(event: AnymailTrackingEvent) -> Match:
     provider account another dispatcher shares cannot move their items."""
     items = CampaignItem.objects.select_related("contact")
     if (dispatcher_id := receiving_dispatcher.get()) is not None:
-        items = items.filter(
-            Q(campaign__dispatcher_id=dispatcher_id)
-            | Q(campaign__pool__members__dispatcher_id=dispatcher_id)
-        )
+        items = items.filter(campaign__in=campaigns_sent_through(dispatcher_id=dispatcher_id))
     message_id = str(event.message_id or "").strip()  # Postal and Mailjet: numbers
     local = message_id.strip("<>").partition("@")[0].lower()
     if _TOKEN.match(local) and (item := items.filter(token=local).first()):

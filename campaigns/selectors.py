@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
 from .models import Campaign, CampaignItem, CampaignStatusCount
 
 S = CampaignItem.Status
+
+
+def campaigns_sent_through(*, dispatcher_id: int) -> QuerySet[Campaign]:
+    """Campaigns a dispatcher sends for: its own, and those of the pools it
+    is a member of."""
+    return Campaign.objects.filter(
+        Q(dispatcher_id=dispatcher_id) | Q(pool__members__dispatcher_id=dispatcher_id)
+    )
 
 
 def campaign_counts(*, campaign_id: int) -> dict[str, int]:

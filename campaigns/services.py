@@ -81,7 +81,7 @@ from .models import (
     Subscription,
     Suppression,
 )
-from .selectors import campaign_counts
+from .selectors import campaign_counts, campaigns_sent_through
 
 logger = logging.getLogger(__name__)
 S = CampaignItem.Status
@@ -634,8 +634,8 @@ def _campaigns_served(dispatcher: Dispatcher) -> list[int]:
     """Sending campaigns this dispatcher works for: its own, and those of
     the pools it is a member of."""
     return list(
-        Campaign.objects.filter(status=Campaign.Status.SENDING)
-        .filter(Q(dispatcher=dispatcher) | Q(pool__members__dispatcher=dispatcher))
+        campaigns_sent_through(dispatcher_id=dispatcher.pk)
+        .filter(status=Campaign.Status.SENDING)
         .values_list("pk", flat=True)
         .distinct()
     )

@@ -268,7 +268,6 @@ class SmtpSendPool(SendPool[K]):
 
     def close(self) -> None:
         if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._take_handed)  # anything handed over goes first
             for _ in range(self.size):
                 self._loop.call_soon_threadsafe(self._waiting.put_nowait, None)  # type: ignore[union-attr]
             self._thread.join()
