@@ -125,6 +125,20 @@ def naive_rate(*, port: int, count: int) -> float:
     return len(contacts) / elapsed
 
 
+def batch_timeline(batches: list, first, last) -> str:  # type: ignore[no-untyped-def]
+    """Where a batch's time goes: waiting in the queue (claimed to started)
+    and sending (started to closed), and how busy the worker's processes
+    were with sending over the run (1.0: every process always in a batch)."""
+    waits = [(b.started_at - b.created_at).total_seconds() for b in batches if b.started_at]
+    sends = [(b.finished_at - b.started_at).total_seconds() for b in batches if b.finished_at]
+    busy = sum(sends) / (CONCURRENCY * (last - first).total_seconds())
+    return (
+        f"batches: queued median {statistics.median(waits) * 1000:.0f} ms "
+        f"(max {max(waits) * 1000:.0f}), sending median {statistics.median(sends) * 1000:.0f} ms "
+        f"(max {max(sends) * 1000:.0f}); processes busy sending {busy:.2f} of the time"
+    )
+
+
 def main() -> None:
     from django.db.models import Count, Max
 
@@ -236,6 +250,7 @@ def main() -> None:
             f"{peak_tree:.0f} MB all processes; worker CPU {cpu:.1f}s "
             f"({cpu / max(sent, 1) * 1e6:.0f} us a message, every process of the worker)"
         )
+        results.note(batch_timeline(list(batches), first, last))
     finally:
         sink.stop()
     results.save()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Collection, Iterator
@@ -1101,10 +1102,12 @@ class _BatchRun(BatchRun):
     run that lives to the end marks exactly the items a lost session may
     have delivered (sending_started_at) and clears the mark."""
 
-    # How often the run re-reads which campaigns are still sending and who
-    # is suppressed, so a pause or an unsubscribe takes effect within the
-    # batch, not after it.
-    REFRESH_EVERY = 200
+    # How often the run re-reads which campaigns are still sending, who is
+    # suppressed and who left a list, so a pause or an unsubscribe takes
+    # effect within a second, not after the batch. By time, not by count:
+    # every 200 items, the three queries were a tenth of what a fast relay
+    # cost the worker and the database.
+    REFRESH_SECONDS = 1.0
     FLUSH_SECONDS = 0.25  # results wait at most this long to be written
 
     def __init__(self, batch: Batch) -> None:
@@ -1143,13 +1146,11 @@ class _BatchRun(BatchRun):
         )
         try:
             chunk: list[tuple[SendingItem, WireMessage]] = []
-            for count, item in enumerate(self.items()):
-                if count % self.REFRESH_EVERY == 0:
-                    self.sending = batch_sending_campaigns(self.batch)
-                    # Only what is still to come: earlier items are done.
-                    if self.dispatcher.check_suppressions:
-                        self.suppressed = _batch_suppressed(self.batch, from_id=item.pk)
-                    self.left = _batch_left_lists(self.batch, from_id=item.pk)
+            refreshed = -math.inf
+            for item in self.items():
+                if time.monotonic() - refreshed >= self.REFRESH_SECONDS:
+                    self._refresh(from_id=item.pk)
+                    refreshed = time.monotonic()
                 if self.lost is not None:
                     break
                 ready = self._prepare(item)
@@ -1165,6 +1166,13 @@ class _BatchRun(BatchRun):
         finally:
             pool.close()
             self._write_results()
+
+    def _refresh(self, *, from_id: int) -> None:
+        self.sending = batch_sending_campaigns(self.batch)
+        # Only what is still to come: earlier items are done.
+        if self.dispatcher.check_suppressions:
+            self.suppressed = _batch_suppressed(self.batch, from_id=from_id)
+        self.left = _batch_left_lists(self.batch, from_id=from_id)
 
     def _prepare(self, item: SendingItem) -> tuple[SendingItem, WireMessage] | None:
         """The item's message, or None when it is not to be sent now."""

@@ -75,8 +75,10 @@ class SinkHandler:
 
 
 class SmtpSink:
-    def __init__(self, rcpt_rule: RcptRule | None = None) -> None:
-        self.handler = SinkHandler(rcpt_rule=rcpt_rule)
+    def __init__(
+        self, rcpt_rule: RcptRule | None = None, *, handler: SinkHandler | None = None
+    ) -> None:
+        self.handler = handler or SinkHandler(rcpt_rule=rcpt_rule)
         self.port = free_port()
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
 

@@ -3,10 +3,14 @@ path, self-protection against failing servers and runaway errors."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
+from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import connection
 from django.utils import timezone
 
 from campaigns import services
@@ -15,7 +19,7 @@ from campaigns.models import Campaign, CampaignItem, Subscription
 from dispatchers.models import Dispatcher
 from jobs.models import Notification
 from tests.helpers import make_audience, make_campaign, make_dispatcher, make_smtp_server
-from tests.smtp import SmtpSink, free_port
+from tests.smtp import SinkHandler, SmtpSink, free_port
 
 pytestmark = pytest.mark.django_db
 S = CampaignItem.Status
@@ -108,6 +112,51 @@ def test_pausing_a_campaign_mid_batch_puts_the_rest_back(settings):
     }
     assert services.campaign_resume(campaign=Campaign.objects.get(pk=campaign.pk))
     assert Campaign.objects.get(pk=campaign.pk).status == Campaign.Status.SENDING
+
+
+@dataclass
+class PausingSink(SinkHandler):
+    """A server that takes 20 ms a message (at most 50 a second) and, as it
+    takes the fifth, has the campaign paused by someone in the browser."""
+
+    campaign_id: int = 0
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        await asyncio.sleep(0.02)
+        reply = await super().handle_DATA(server, session, envelope)
+        if self.counter == 5:
+            await asyncio.to_thread(self._pause)
+        return reply
+
+    def _pause(self) -> None:
+        try:
+            Campaign.objects.filter(pk=self.campaign_id).update(status=Campaign.Status.PAUSED)
+        finally:
+            connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_campaign_paused_mid_batch_stops_within_a_second_and_the_rest_go_back():
+    handler = PausingSink()
+    with SmtpSink(handler=handler) as sink:
+        dispatcher = make_dispatcher(
+            smtp_server=make_smtp_server(port=sink.port), connections=1, batch_size=300
+        )
+        campaign = start(300, dispatcher)
+        handler.campaign_id = campaign.pk
+        batch = services.batch_claim(dispatcher_id=dispatcher.pk)
+        services.batch_send(batch_id=batch.pk)
+
+    statuses = Counter(
+        CampaignItem.objects.filter(campaign=campaign).values_list("status", flat=True)
+    )
+    # Within about a second of the pause (50 messages at this server's pace,
+    # plus those already handed to the session), the batch stopped: the
+    # rest went back to wait for the resume, and nothing was lost.
+    assert 5 <= statuses[S.SENT] < 150
+    assert statuses == {S.SENT: statuses[S.SENT], S.PENDING: 300 - statuses[S.SENT]}
+    assert len(sink.received) == statuses[S.SENT]
+    assert Campaign.objects.get(pk=campaign.pk).status == Campaign.Status.PAUSED
 
 
 # --- autoresponders ---------------------------------------------------------
