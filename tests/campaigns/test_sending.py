@@ -135,7 +135,7 @@ class PausingSink(SinkHandler):
             connection.close()
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_campaign_paused_mid_batch_stops_within_a_second_and_the_rest_go_back():
     handler = PausingSink()
     with SmtpSink(handler=handler) as sink:
