@@ -625,18 +625,30 @@ class CampaignItem(models.Model):
 
 class CampaignStatusCount(models.Model):
     """How many of a campaign's items are in each status, kept by database
-    triggers on the items table (migration 0011), one aggregate per
-    statement: pages and jobs read a handful of rows instead of counting a
-    million items. No foreign key: a deleted campaign's rows go with it by
-    trigger too."""
+    triggers on the items table (migrations 0011 and 0021), one aggregate
+    per statement: pages and jobs read a handful of rows instead of counting
+    a million items. No foreign key: a deleted campaign's rows go with it by
+    trigger too.
+
+    Each (campaign, status) is split over SLOTS rows, a database session
+    writing the slot of its backend's number: one row per status would be
+    locked by every claim and every result write of the campaign until
+    their commit, so all workers would take turns. A slot alone may be
+    negative (items claimed in one session, sent in another); read the sum,
+    with ``campaigns.selectors.status_counts``."""
+
+    SLOTS = 8
 
     campaign_id = models.BigIntegerField()
     status = models.CharField(max_length=10)
+    slot = models.SmallIntegerField(default=0)
     count = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["campaign_id", "status"], name="status_count_unique")
+            models.UniqueConstraint(
+                fields=["campaign_id", "status", "slot"], name="status_count_slot_unique"
+            )
         ]
 
     def __str__(self) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from django.db.models import OuterRef, Q, QuerySet, Subquery
+from django.db.models import OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 
 from .models import Campaign, CampaignItem, CampaignStatusCount
@@ -20,11 +21,23 @@ def campaigns_sent_through(*, dispatcher_id: int) -> QuerySet[Campaign]:
     )
 
 
+def status_counts(
+    *, campaign_ids: Iterable[int], statuses: Iterable[str] | None = None
+) -> dict[tuple[int, str], int]:
+    """Items by (campaign, status), from the counters the database keeps
+    (no item is read, however many there are): the sum of each counter's
+    slots, those above zero only."""
+    rows = CampaignStatusCount.objects.filter(campaign_id__in=list(campaign_ids))
+    if statuses is not None:
+        rows = rows.filter(status__in=list(statuses))
+    sums = rows.values("campaign_id", "status").annotate(n=Sum("count")).filter(n__gt=0)
+    return {(r["campaign_id"], r["status"]): r["n"] for r in sums.order_by()}
+
+
 def campaign_counts(*, campaign_id: int) -> dict[str, int]:
-    """Items by status, from the counters the database keeps (no item is
-    read, however many there are)."""
-    rows = CampaignStatusCount.objects.filter(campaign_id=campaign_id, count__gt=0)
-    return dict(rows.values_list("status", "count"))
+    """Items by status, from the counters the database keeps."""
+    counts = status_counts(campaign_ids=[campaign_id])
+    return {status: n for (_, status), n in counts.items()}
 
 
 @dataclass(frozen=True)
@@ -63,9 +76,10 @@ def campaigns_with_counts(queryset: QuerySet[Campaign]) -> QuerySet[Campaign]:
         **{
             f"items_{status}": Coalesce(
                 Subquery(
-                    CampaignStatusCount.objects.filter(
-                        campaign_id=OuterRef("pk"), status=status
-                    ).values("count")[:1]
+                    CampaignStatusCount.objects.filter(campaign_id=OuterRef("pk"), status=status)
+                    .values("campaign_id")
+                    .annotate(n=Sum("count"))
+                    .values("n")[:1]
                 ),
                 0,
             )

@@ -82,7 +82,7 @@ from .models import (
     Subscription,
     Suppression,
 )
-from .selectors import campaign_counts, campaigns_sent_through
+from .selectors import campaign_counts, campaigns_sent_through, status_counts
 
 logger = logging.getLogger(__name__)
 S = CampaignItem.Status
@@ -553,8 +553,7 @@ def _within_task_limit(
     limit = dispatcher.task_message_limit or 0
     used: dict[int, int] = dict.fromkeys(campaigns, 0)
     waiting: set[int] = set()  # campaigns with items still to send
-    counts = CampaignStatusCount.objects.filter(campaign_id__in=campaigns, count__gt=0)
-    for campaign_id, status, count in counts.values_list("campaign_id", "status", "count"):
+    for (campaign_id, status), count in status_counts(campaign_ids=campaigns).items():
         if status in _TASK_USED:
             used[campaign_id] += count
         if status in (S.PENDING, S.DEFERRED):
@@ -580,52 +579,113 @@ def batch_claim(
     """Reserve budget and claim up to one batch of due items (at most
     ``most``: a pool member's turn).
 
-    The dispatcher row is locked for the transaction, so the rate check
-    and the spend are one step for all workers together."""
-    now = now or timezone.now()
+    The dispatcher row is locked while the budget is checked and spent, so
+    the rate check and the spend are one step for all workers together.
+    Where only the dispatcher's own limits apply, the items are found and
+    marked after that lock is let go (``_batch_fill``): the longest part of
+    a claim, which claimers of one dispatcher then do side by side. Limits
+    per provider or per sending task depend on which items are taken, so
+    those claims take their items under the lock."""
     with transaction.atomic():
-        dispatcher = (
-            Dispatcher.objects.select_for_update(of=("self",))
-            .select_related("smtp_server")
-            .get(pk=dispatcher_id)
-        )
-        if not dispatcher.is_enabled or dispatcher.blocked_reason:
-            return None
-        now = rate_clock(dispatcher=dispatcher, now=now)
-        if dispatcher.retry_after is not None and dispatcher.retry_after > now:
-            return None  # a pool member out of rotation, backing off
-        open_batches = Batch.objects.filter(dispatcher=dispatcher, finished_at__isnull=True)
-        if open_batches.count() >= MAX_OPEN_BATCHES:
-            return None
-        wanted = min(
-            dispatcher.batch_size,
-            most or dispatcher.batch_size,
-            rate_budget(dispatcher=dispatcher, now=now),
-        )
-        if wanted <= 0:
-            return None
-        campaigns = _campaigns_served(dispatcher)
-        if dispatcher.task_message_limit:
-            campaigns, wanted = _within_task_limit(dispatcher, campaigns, wanted)
-        plan = provider_plan(dispatcher=dispatcher, now=now)
-        held = _held_back(dispatcher, plan)
-        if held is not None and _nothing_but_held.get(dispatcher.pk) == held:
-            return None
+        claimed = _claim_locked(dispatcher_id, now or timezone.now(), most)
+    if isinstance(claimed, _Reservation):
+        return _batch_fill(claimed)
+    return claimed
+
+
+@dataclass(frozen=True)
+class _Reservation:
+    """Budget spent and a batch opened under the dispatcher lock, for items
+    still to be found."""
+
+    batch: Batch
+    dispatcher: Dispatcher
+    campaigns: list[int]
+    now: datetime
+
+
+def _claim_locked(
+    dispatcher_id: int, now: datetime, most: int | None
+) -> Batch | _Reservation | None:
+    dispatcher = (
+        Dispatcher.objects.select_for_update(of=("self",))
+        .select_related("smtp_server")
+        .get(pk=dispatcher_id)
+    )
+    if not dispatcher.is_enabled or dispatcher.blocked_reason:
+        return None
+    now = rate_clock(dispatcher=dispatcher, now=now)
+    if dispatcher.retry_after is not None and dispatcher.retry_after > now:
+        return None  # a pool member out of rotation, backing off
+    open_batches = Batch.objects.filter(dispatcher=dispatcher, finished_at__isnull=True)
+    if open_batches.count() >= MAX_OPEN_BATCHES:
+        return None
+    wanted = min(
+        dispatcher.batch_size,
+        most or dispatcher.batch_size,
+        rate_budget(dispatcher=dispatcher, now=now),
+    )
+    if wanted <= 0:
+        return None
+    campaigns = _campaigns_served(dispatcher)
+    if not campaigns:
+        return None
+    if dispatcher.task_message_limit:
+        campaigns, wanted = _within_task_limit(dispatcher, campaigns, wanted)
+    plan = provider_plan(dispatcher=dispatcher, now=now)
+    if plan is None and not dispatcher.task_message_limit:
+        # The whole budget of the claim, spent now; _batch_fill gives back
+        # what it does not find. A worker that dies in between (a few
+        # milliseconds) leaves it spent: fewer sent that hour, never more.
+        rate_spend(dispatcher=dispatcher, count=wanted, now=now)
+        batch = _batch_open(dispatcher, size=wanted, now=now)
+        return _Reservation(batch, dispatcher, campaigns, now)
+    held = _held_back(dispatcher, plan)
+    if held is not None and _nothing_but_held.get(dispatcher.pk) == held:
+        return None
+    ids = _due_ids(dispatcher=dispatcher, campaigns=campaigns, wanted=wanted, now=now, plan=plan)
+    if not ids:
+        if held is not None:
+            _nothing_but_held[dispatcher.pk] = held
+        return None
+    batch = _batch_open(dispatcher, size=len(ids), now=now)
+    CampaignItem.objects.filter(id__in=ids).update(status=S.CLAIMED, batch=batch)
+    rate_spend(dispatcher=dispatcher, count=len(ids), now=now)
+    if plan is not None:
+        provider_usage_spend(dispatcher=dispatcher, taken=plan.taken, now=now)
+    queue = dispatcher.queue
+    transaction.on_commit(lambda: _enqueue_batch(batch, queue))
+    return batch
+
+
+def _batch_open(dispatcher: Dispatcher, *, size: int, now: datetime) -> Batch:
+    lease = timedelta(seconds=settings.HERALD_BATCH_LEASE_SECONDS)
+    return Batch.objects.create(
+        dispatcher=dispatcher, created_at=now, lease_expires_at=now + lease, size=size
+    )
+
+
+def _batch_fill(reserved: _Reservation) -> Batch | None:
+    """Find and mark the items of a reserved batch, without the dispatcher
+    lock: SKIP LOCKED keeps concurrent claimers off each other's items. What
+    the reservation does not use goes back to the ledger's minute of it; a
+    batch that found nothing is removed."""
+    batch, dispatcher, now = reserved.batch, reserved.dispatcher, reserved.now
+    with transaction.atomic():
         ids = _due_ids(
-            dispatcher=dispatcher, campaigns=campaigns, wanted=wanted, now=now, plan=plan
+            dispatcher=dispatcher, campaigns=reserved.campaigns, wanted=batch.size, now=now
         )
+        if ids:
+            CampaignItem.objects.filter(id__in=ids).update(status=S.CLAIMED, batch=batch)
+        # After the items, as every writer of both does: the counters (by
+        # trigger) first, the ledger second, so none waits on another.
+        rate_refund(dispatcher_id=dispatcher.pk, count=batch.size - len(ids), spent_at=now)
         if not ids:
-            if held is not None:
-                _nothing_but_held[dispatcher.pk] = held
+            Batch.objects.filter(pk=batch.pk).delete()
             return None
-        lease = timedelta(seconds=settings.HERALD_BATCH_LEASE_SECONDS)
-        batch = Batch.objects.create(
-            dispatcher=dispatcher, created_at=now, lease_expires_at=now + lease, size=len(ids)
-        )
-        CampaignItem.objects.filter(id__in=ids).update(status=S.CLAIMED, batch=batch)
-        rate_spend(dispatcher=dispatcher, count=len(ids), now=now)
-        if plan is not None:
-            provider_usage_spend(dispatcher=dispatcher, taken=plan.taken, now=now)
+        if len(ids) < batch.size:
+            batch.size = len(ids)
+            Batch.objects.filter(pk=batch.pk).update(size=batch.size)
         queue = dispatcher.queue
         transaction.on_commit(lambda: _enqueue_batch(batch, queue))
         return batch

@@ -300,7 +300,8 @@ TERMINAL = ("sent", "failed", "skipped", "bounced")
 
 def messages_totals() -> Counter[tuple[str, str]]:
     """Messages by (dispatcher name, final outcome)."""
-    from campaigns.models import Campaign, CampaignStatusCount
+    from campaigns.models import Campaign
+    from campaigns.selectors import status_counts
 
     totals: Counter[tuple[str, str]] = Counter()
     # Completed campaigns keep frozen counters (bounces counted among the
@@ -321,10 +322,8 @@ def messages_totals() -> Counter[tuple[str, str]]:
             "pk", "dispatcher__name"
         )
     )
-    live = CampaignStatusCount.objects.filter(
-        campaign_id__in=list(names), status__in=TERMINAL, count__gt=0
-    )
-    for campaign_id, status, count in live.values_list("campaign_id", "status", "count"):
+    live = status_counts(campaign_ids=names, statuses=TERMINAL)
+    for (campaign_id, status), count in live.items():
         totals[(names[campaign_id], status)] += count
     return totals
 
@@ -369,7 +368,8 @@ class DispatcherPanel:
 
 def dispatchers_panel(*, now: datetime | None = None) -> list[DispatcherPanel]:
     """One aggregate query per figure, grouped by dispatcher."""
-    from campaigns.models import Batch, Campaign, CampaignItem, CampaignStatusCount
+    from campaigns.models import Batch, Campaign, CampaignItem
+    from campaigns.selectors import status_counts
     from dispatchers.models import Dispatcher, RateUsage
 
     now = now or timezone.now()
@@ -380,10 +380,8 @@ def dispatchers_panel(*, now: datetime | None = None) -> list[DispatcherPanel]:
     sending = dict(
         Campaign.objects.filter(status=Campaign.Status.SENDING).values_list("pk", "dispatcher_id")
     )
-    counts = CampaignStatusCount.objects.filter(
-        campaign_id__in=list(sending), status__in=[S.PENDING, S.DEFERRED], count__gt=0
-    )
-    for campaign_id, status, count in counts.values_list("campaign_id", "status", "count"):
+    counts = status_counts(campaign_ids=sending, statuses=[S.PENDING, S.DEFERRED])
+    for (campaign_id, status), count in counts.items():
         if panel := panels.get(sending[campaign_id]):
             if status == S.PENDING:
                 panel.backlog += count

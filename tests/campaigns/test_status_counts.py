@@ -3,7 +3,9 @@ equal to counting the items, whatever moves them."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
+from django.db import connection
 from django.db.models import Count
 
 from campaigns import services
@@ -53,3 +55,45 @@ def test_a_deleted_campaign_leaves_no_counters(tmp_path) -> None:  # type: ignor
     campaign.delete()
 
     assert not CampaignStatusCount.objects.filter(campaign_id=campaign.pk).exists()
+
+
+def session_in_another_slot(taken: set[int]) -> psycopg.Connection:
+    """A new database session whose counters go to a slot none of ``taken``
+    writes (the slot is its backend's number modulo the slots)."""
+    while True:
+        session = psycopg.connect(**connection.get_connection_params(), autocommit=False)
+        slot = session.execute("SELECT pg_backend_pid()").fetchone()[0] % CampaignStatusCount.SLOTS
+        if slot not in taken:
+            taken.add(slot)
+            return session
+        session.close()
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_two_workers_write_one_campaigns_items_without_waiting_for_each_other(
+    tmp_path,
+) -> None:  # type: ignore[no-untyped-def]
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory=str(tmp_path))
+    campaign = make_campaign(
+        dispatcher=dispatcher, lists=[make_audience(20)], status=Campaign.Status.SCHEDULED
+    )
+    services.items_generate()
+    ids = list(campaign.items.order_by("pk").values_list("pk", flat=True))
+    mark = "UPDATE campaigns_campaignitem SET status = %s WHERE id = ANY(%s)"
+    taken: set[int] = set()
+    first, second = session_in_another_slot(taken), session_in_another_slot(taken)
+    try:
+        # One worker has written results and not committed yet...
+        first.execute(mark, [S.SENT, ids[:10]])
+        # ...another writes others of the same campaign meanwhile: it must
+        # not queue behind the first one's counter rows.
+        second.execute("SET lock_timeout = '2s'")
+        second.execute(mark, [S.FAILED, ids[10:15]])
+        second.commit()
+        first.commit()
+    finally:
+        first.close()
+        second.close()
+
+    assert campaign_counts(campaign_id=campaign.pk) == counted(campaign)
+    assert campaign_counts(campaign_id=campaign.pk) == {S.SENT: 10, S.FAILED: 5, S.PENDING: 5}
