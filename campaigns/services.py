@@ -173,17 +173,38 @@ def campaign_duplicate(*, campaign: Campaign, user: AbstractBaseUser) -> Campaig
 # gets an item, pending or skipped with its reason, and a rerun inserts
 # nothing twice. A subscription with unsubscribed_at is the record of
 # someone who left the list.
+# The next page of a campaign's lists: from each list, its first members
+# after the cursor, read in order from the (list, contact) index and cut
+# at the page size, then the first of those. A contact among the page's
+# first N is among the first N of each list it is on, so nothing is
+# skipped; and a page reads at most N subscriptions a list, wherever the
+# cursor is. (As "contact after the cursor and on one of the lists",
+# PostgreSQL joined every remaining subscription, then sorted: 0.8 s for
+# the first page of 5,000 at 300,000 contacts, ever less as the cursor
+# moved on, three to four times a plain INSERT ... SELECT in all. Now the
+# page is found in about 20 ms wherever it starts.)
 _CAMPAIGN_PAGE = """
     SELECT c.id, c.email, c.status
-    FROM {contact} c
-    WHERE c.id > %(after)s
-      AND EXISTS (
-        SELECT 1 FROM {subscription} s
-        JOIN {campaign_lists} cl ON cl.contactlist_id = s.contact_list_id
-        WHERE s.contact_id = c.id AND cl.campaign_id = %(campaign)s
-          AND s.unsubscribed_at IS NULL)
+    FROM (
+        SELECT DISTINCT first.contact_id
+        FROM {campaign_lists} cl
+        CROSS JOIN LATERAL (
+            SELECT s.contact_id FROM {subscription} s
+            WHERE s.contact_list_id = cl.contactlist_id AND s.contact_id > %(after)s
+              AND s.unsubscribed_at IS NULL
+            ORDER BY s.contact_list_id, s.contact_id
+            LIMIT %(size)s
+        ) first
+        WHERE cl.campaign_id = %(campaign)s
+        ORDER BY first.contact_id
+        LIMIT %(size)s
+    ) p
+    -- Each contact by its key (LIMIT 1 keeps the planner from hashing the
+    -- whole contacts table instead, for one page of it).
+    CROSS JOIN LATERAL (
+        SELECT c.id, c.email, c.status FROM {contact} c WHERE c.id = p.contact_id LIMIT 1
+    ) c
     ORDER BY c.id
-    LIMIT %(size)s
 """
 
 _ITEMS_FROM_PAGE = """

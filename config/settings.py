@@ -240,10 +240,10 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Celery's Django fixup closes every database connection before and after
-# each task unless this is set: a new PostgreSQL backend for every batch,
-# whose start (fork, catalog caches) cost the machine more CPU than the
-# batch's own queries. Tasks keep their connection as web requests do,
-# by CONN_MAX_AGE and CONN_HEALTH_CHECKS (config/celery.py).
+# each task unless this is set: a new PostgreSQL backend for every batch
+# (a process started, its caches cold), several a second for each
+# worker process at full speed. Tasks keep their connection as web
+# requests do, by CONN_MAX_AGE and CONN_HEALTH_CHECKS (config/celery.py).
 CELERY_DB_REUSE_MAX = 2**31
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=3000)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=3600)

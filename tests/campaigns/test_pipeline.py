@@ -10,7 +10,7 @@ from django.db import connection
 from django.utils import timezone
 
 from campaigns import services
-from campaigns.models import Batch, Campaign, CampaignItem, Contact, Suppression
+from campaigns.models import Batch, Campaign, CampaignItem, Contact, Subscription, Suppression
 from dispatchers.models import Dispatcher, RateUsage
 from jobs.locks import BATCHES
 from tests.helpers import (
@@ -79,6 +79,29 @@ def test_a_contact_on_two_lists_gets_one_item():
     services.items_generate()
 
     assert CampaignItem.objects.filter(campaign=campaign).count() == 3
+
+
+def test_pages_over_overlapping_lists_reach_each_member_once_and_no_one_who_left():
+    dispatcher = make_dispatcher(delivery_mode="pickup", pickup_directory="/tmp/unused")
+    odd, third, everyone = (make_audience(0, name=n) for n in ("Odd", "Third", "All"))
+    contacts = list(make_audience(30, name="Source").contacts.order_by("pk"))
+    odd.contacts.add(*contacts[1::2])
+    third.contacts.add(*contacts[::3])
+    everyone.contacts.add(*contacts[20:])
+    # Left "Odd" through the preferences page; still on "Third".
+    Subscription.objects.filter(contact_list=odd, contact__in=contacts[3:9]).update(
+        unsubscribed_at=timezone.now()
+    )
+    campaign = make_campaign(
+        dispatcher=dispatcher, lists=[odd, third, everyone], status=Campaign.Status.SCHEDULED
+    )
+
+    services.items_generate(page_size=4)  # pages cut across all three lists
+
+    left_only_odd = {c for c in contacts[3:9] if c not in contacts[::3]}
+    expected = (set(contacts[1::2]) | set(contacts[::3]) | set(contacts[20:])) - left_only_odd
+    reached = CampaignItem.objects.filter(campaign=campaign).values_list("contact", flat=True)
+    assert sorted(reached) == sorted(c.pk for c in expected)
 
 
 def test_it_skips_suppressed_unsubscribed_and_bounced_contacts_with_the_reason():
