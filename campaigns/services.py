@@ -173,9 +173,10 @@ def campaign_duplicate(*, campaign: Campaign, user: AbstractBaseUser) -> Campaig
 # gets an item, pending or skipped with its reason, and a rerun inserts
 # nothing twice. A subscription with unsubscribed_at is the record of
 # someone who left the list.
+
 # The next page of a campaign's lists: from each list, its first members
-# after the cursor, read in order from the (list, contact) index and cut
-# at the page size, then the first of those. A contact among the page's
+# after the cursor, read in contact order from an index and cut at the
+# page size, then the first of those. A contact among the page's
 # first N is among the first N of each list it is on, so nothing is
 # skipped; and a page reads at most N subscriptions a list, wherever the
 # cursor is. (As "contact after the cursor and on one of the lists",
@@ -192,7 +193,7 @@ _CAMPAIGN_PAGE = """
             SELECT s.contact_id FROM {subscription} s
             WHERE s.contact_list_id = cl.contactlist_id AND s.contact_id > %(after)s
               AND s.unsubscribed_at IS NULL
-            ORDER BY s.contact_list_id, s.contact_id
+            ORDER BY s.contact_id
             LIMIT %(size)s
         ) first
         WHERE cl.campaign_id = %(campaign)s
@@ -670,12 +671,10 @@ def _claim_locked(
             _nothing_but_held[dispatcher.pk] = held
         return None
     batch = _batch_open(dispatcher, size=len(ids), now=now)
-    CampaignItem.objects.filter(id__in=ids).update(status=S.CLAIMED, batch=batch)
+    _batch_take(batch, ids, dispatcher.queue)
     rate_spend(dispatcher=dispatcher, count=len(ids), now=now)
     if plan is not None:
         provider_usage_spend(dispatcher=dispatcher, taken=plan.taken, now=now)
-    queue = dispatcher.queue
-    transaction.on_commit(lambda: _enqueue_batch(batch, queue))
     return batch
 
 
@@ -684,6 +683,13 @@ def _batch_open(dispatcher: Dispatcher, *, size: int, now: datetime) -> Batch:
     return Batch.objects.create(
         dispatcher=dispatcher, created_at=now, lease_expires_at=now + lease, size=size
     )
+
+
+def _batch_take(batch: Batch, ids: list[int], queue: str) -> None:
+    """Mark the items as the batch's; its outbound task goes once they are
+    committed."""
+    CampaignItem.objects.filter(id__in=ids).update(status=S.CLAIMED, batch=batch)
+    transaction.on_commit(lambda: _enqueue_batch(batch, queue))
 
 
 def _batch_fill(reserved: _Reservation) -> Batch | None:
@@ -697,7 +703,7 @@ def _batch_fill(reserved: _Reservation) -> Batch | None:
             dispatcher=dispatcher, campaigns=reserved.campaigns, wanted=batch.size, now=now
         )
         if ids:
-            CampaignItem.objects.filter(id__in=ids).update(status=S.CLAIMED, batch=batch)
+            _batch_take(batch, ids, dispatcher.queue)
         # After the items, as every writer of both does: the counters (by
         # trigger) first, the ledger second, so none waits on another.
         rate_refund(dispatcher_id=dispatcher.pk, count=batch.size - len(ids), spent_at=now)
@@ -707,8 +713,6 @@ def _batch_fill(reserved: _Reservation) -> Batch | None:
         if len(ids) < batch.size:
             batch.size = len(ids)
             Batch.objects.filter(pk=batch.pk).update(size=batch.size)
-        queue = dispatcher.queue
-        transaction.on_commit(lambda: _enqueue_batch(batch, queue))
         return batch
 
 
