@@ -152,6 +152,7 @@ def main() -> None:
         template_create,
     )
     from campaigns.models import Batch, Campaign, CampaignItem
+    from campaigns.selectors import campaign_counts
     from campaigns.services import campaign_schedule
     from dispatchers.models import Dispatcher
     from smtpservers.models import SmtpServer
@@ -207,9 +208,11 @@ def main() -> None:
                 cpu = cpu_seconds(celery.worker.pid) - cpu_started
                 peak_process, peak_tree = max(peak_process, one), max(peak_tree, tree)
                 campaign.refresh_from_db()
-                live = CampaignItem.objects.filter(
-                    campaign=campaign, status__in=CampaignItem.LIVE
-                ).exists()
+                # The counters, not the items: scanning a campaign's items
+                # for a live one took 8 ms of PostgreSQL a poll, CPU the
+                # workers being measured would otherwise have had.
+                counts = campaign_counts(campaign_id=campaign.pk)
+                live = any(counts.get(status) for status in CampaignItem.LIVE)
                 if campaign.audience_complete and not live:
                     finished = True
                     break

@@ -544,10 +544,19 @@ class CampaignItem(models.Model):
     token = models.CharField(max_length=32, default=new_token, editable=False)
     # No constraint in the database: a claim sets the batch of 500 items it
     # has just created, and PostgreSQL's deferred check of each at commit
-    # cost 9 ms a claim, two thirds of the claim's own UPDATE. Batches are
-    # only deleted through the ORM, whose SET_NULL still clears the items.
+    # cost 9 ms a claim, two thirds of the claim's own UPDATE. No index of
+    # every item either: the batch's items are only looked up while claimed
+    # (item_claimed_batch_idx), and an index of all of them took a new
+    # entry at each of an item's three writes (generated, claimed, sent).
+    # So a pruned batch (history_prune) leaves its id on the items it sent,
+    # as history; clearing it would walk the whole table.
     batch = models.ForeignKey(
-        Batch, null=True, blank=True, on_delete=models.SET_NULL, db_constraint=False
+        Batch,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
     )
     attempts = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)

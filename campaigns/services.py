@@ -9,7 +9,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -491,7 +491,10 @@ def _due_ids(
     wanted: int,
     now: datetime,
     plan: ProviderPlan | None = None,
+    into: Batch | None = None,
 ) -> list[int]:
+    """Due items of the campaigns, in claim order, locked until commit;
+    with ``into``, marked as that batch's in the same statement."""
     dispatcher_id = dispatcher.pk
     due = (
         CampaignItem.objects.select_for_update(skip_locked=True, of=("self",))
@@ -499,7 +502,14 @@ def _due_ids(
         .filter(Q(status=S.PENDING) | Q(next_attempt_at__lte=now))
         .order_by("campaign_id", "id")
     )
-    take = _take if plan is None else partial(_take_within_provider_rates, plan=plan)
+    if plan is not None:
+        take: Callable[[QuerySet[CampaignItem], int], list[Key]] = partial(
+            _take_within_provider_rates, plan=plan
+        )
+    elif into is not None:
+        take = partial(_take_marking, batch=into)
+    else:
+        take = _take
     after, since_sweep = _claim_cursors.get(dispatcher_id, (START, 0))
     if since_sweep >= CLAIM_SWEEP_EVERY:
         after = START
@@ -533,6 +543,23 @@ def _held_back(
 
 def _take(due: QuerySet[CampaignItem], wanted: int) -> list[Key]:
     return list(due.values_list("campaign_id", "id")[:wanted])
+
+
+def _take_marking(due: QuerySet[CampaignItem], wanted: int, *, batch: Batch) -> list[Key]:
+    """Find the due items and mark them as the batch's in one statement:
+    the ids do not travel to the worker and back as 500 parameters, whose
+    quoting was a third of a claim's CPU in the worker, and PostgreSQL
+    plans one statement instead of two. ARRAY(...) makes the found ids one
+    array the update probes the primary key with, whatever the planner
+    guesses of the subquery's size."""
+    select, params = due.values("id")[:wanted].query.sql_with_params()
+    with connection.cursor() as cur:
+        cur.execute(
+            f"UPDATE {CampaignItem._meta.db_table} SET status = %s, batch_id = %s"
+            f" WHERE id = ANY(ARRAY({select})) RETURNING campaign_id, id",
+            [S.CLAIMED.value, batch.pk, *params],
+        )
+        return sorted(cur.fetchall())  # RETURNING keeps no order
 
 
 # A claim skips over at most this many pages of items whose provider has
@@ -689,6 +716,10 @@ def _batch_take(batch: Batch, ids: list[int], queue: str) -> None:
     """Mark the items as the batch's; its outbound task goes once they are
     committed."""
     CampaignItem.objects.filter(id__in=ids).update(status=S.CLAIMED, batch=batch)
+    _batch_schedule(batch, queue)
+
+
+def _batch_schedule(batch: Batch, queue: str) -> None:
     transaction.on_commit(lambda: _enqueue_batch(batch, queue))
 
 
@@ -700,10 +731,14 @@ def _batch_fill(reserved: _Reservation) -> Batch | None:
     batch, dispatcher, now = reserved.batch, reserved.dispatcher, reserved.now
     with transaction.atomic():
         ids = _due_ids(
-            dispatcher=dispatcher, campaigns=reserved.campaigns, wanted=batch.size, now=now
+            dispatcher=dispatcher,
+            campaigns=reserved.campaigns,
+            wanted=batch.size,
+            now=now,
+            into=batch,
         )
         if ids:
-            _batch_take(batch, ids, dispatcher.queue)
+            _batch_schedule(batch, dispatcher.queue)
         # After the items, as every writer of both does: the counters (by
         # trigger) first, the ledger second, so none waits on another.
         rate_refund(dispatcher_id=dispatcher.pk, count=batch.size - len(ids), spent_at=now)
@@ -1380,11 +1415,12 @@ class _BatchRun(BatchRun):
 
 
 def batch_sending_campaigns(batch: Batch) -> set[int]:
+    """Which campaigns of the batch's items still to send are sending."""
     # Two short queries: as one (campaign IN items of the batch), the
     # planner walked each sending campaign's items instead, milliseconds
     # on a large campaign, three times a batch.
     campaign_ids = set(
-        CampaignItem.objects.filter(batch=batch)
+        CampaignItem.objects.filter(batch=batch, status=S.CLAIMED)
         .order_by()
         .values_list("campaign_id", flat=True)
         .distinct()
@@ -1522,6 +1558,8 @@ def history_prune(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     cutoff = now - timedelta(days=settings.HERALD_HISTORY_DAYS)
     pruned = job_runs_prune(older_than=cutoff)
+    # One DELETE: the items these batches sent keep their id (no index
+    # finds them by batch once sent; see CampaignItem.batch).
     old_batches = Batch.objects.filter(finished_at__lt=cutoff)
     pruned += old_batches.delete()[0]
     return pruned + rate_usage_prune(now=now)

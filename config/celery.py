@@ -1,3 +1,4 @@
+import gc
 import os
 from typing import Any
 
@@ -23,3 +24,16 @@ def _connections_age(sender: Any = None, **_: Any) -> None:
     from django.db import close_old_connections  # after Django is set up
 
     close_old_connections()
+
+
+@signals.worker_process_init.connect
+def _collector_tune(**_: Any) -> None:
+    """A worker process starts with Django and every app imported: a
+    quarter of a million objects that live as long as it does, which each
+    full collection of the cyclic garbage collector walked again (about 5%
+    of a sending worker's CPU, measured with perf). Frozen, they are left
+    out of every collection; and the youngest generation is collected
+    after 10,000 allocations instead of 700, as rendering a batch allocates
+    and frees far more than that without making cycles."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)

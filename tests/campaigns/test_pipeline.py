@@ -523,6 +523,38 @@ def test_a_campaign_completes_only_when_no_item_is_left_to_send(sink):
     assert (campaign.total_count, campaign.sent_count, campaign.skipped_count) == (3, 2, 1)
 
 
+def test_history_prune_forgets_old_batches_and_leaves_what_they_sent_alone(sink, settings):
+    dispatcher = make_dispatcher(smtp_server=make_smtp_server(port=sink.port), batch_size=2)
+    campaign = sending_campaign(5, dispatcher)
+    old = services.batch_claim(dispatcher_id=dispatcher.pk)
+    services.batch_send(batch_id=old.pk)
+    recent = services.batch_claim(dispatcher_id=dispatcher.pk)
+    services.batch_send(batch_id=recent.pk)
+    still_open = services.batch_claim(dispatcher_id=dispatcher.pk)
+    # A day past the history period for the old batch, within it for the recent one.
+    later = timezone.now() + timedelta(days=settings.HERALD_HISTORY_DAYS - 1)
+    Batch.objects.filter(pk=old.pk).update(finished_at=timezone.now() - timedelta(days=2))
+    sent_before = list(
+        CampaignItem.objects.filter(status=S.SENT).values_list("pk", "sent_at", "smtp_code")
+    )
+
+    services.history_prune(now=later)
+
+    assert list(Batch.objects.order_by("pk").values_list("pk", flat=True)) == [
+        recent.pk,
+        still_open.pk,
+    ]
+    # The four sent keep their results; the open batch still sends its last.
+    assert statuses(campaign) == {S.SENT: 4, S.CLAIMED: 1}
+    assert (
+        list(CampaignItem.objects.filter(status=S.SENT).values_list("pk", "sent_at", "smtp_code"))
+        == sent_before
+    )
+    assert services.batch_send(batch_id=still_open.pk) == 1
+    assert statuses(campaign) == {S.SENT: 5}
+    assert sink.per_recipient() == {f"user{i}@example.org": 1 for i in range(5)}
+
+
 def test_scheduling_needs_a_draft_with_a_list():
     from django.core.exceptions import ValidationError
 
