@@ -115,12 +115,7 @@ class SendPool(Generic[K]):
                 return
             block = False
             self._in_flight -= 1
-            if isinstance(error, ConnectionLost):
-                yield Completion(key, None, error)
-            elif error is not None:
-                raise error
-            else:
-                yield Completion(key, result)
+            yield _completion(key, result, error)
 
     def drain(self) -> Iterator[Completion[K]]:
         while self._in_flight:
@@ -132,6 +127,14 @@ class SendPool(Generic[K]):
             for transport in self._opened:
                 transport.close()
             self._opened.clear()
+
+
+def _completion(key: K, result: SendResult | None, error: BaseException | None) -> Completion[K]:
+    if isinstance(error, ConnectionLost):
+        return Completion(key, None, error)
+    if error is not None:
+        raise error
+    return Completion(key, result)
 
 
 class SmtpSendPool(SendPool[K]):
@@ -165,7 +168,15 @@ class SmtpSendPool(SendPool[K]):
         self.window = max(self.DEPTH * self.size, window)
         self._server = server
         self._signer = signer
-        self._done = queue.SimpleQueue()
+        # Results, appended by the loop thread. A caller that waits for them
+        # is woken once a quarter of the window is back, not for each one:
+        # woken per result, it rendered one message, found the window full
+        # again and slept, two thread switches a message (five futex calls
+        # a message under strace), where now it renders a quarter window in
+        # one go while the sessions still hold the rest.
+        self._results: deque[tuple[K, SendResult | None, BaseException | None]] = deque()
+        self._awaited = 0  # results the caller sleeps until; 0 when it does not
+        self._enough = threading.Event()
         self._in_flight = 0
         self._loop = asyncio.new_event_loop()
         self._waiting: asyncio.Queue[tuple[K, bytes, str, str] | None] | None = None
@@ -249,7 +260,29 @@ class SmtpSendPool(SendPool[K]):
     def _report(
         self, key: K, result: SendResult | None, error: BaseException | None = None
     ) -> None:
-        self._done.put((key, result, error))
+        self._results.append((key, result, error))
+        if self._awaited and len(self._results) >= self._awaited:
+            self._awaited = 0
+            self._enough.set()
+
+    def completed(self, *, block: bool) -> Iterator[Completion[K]]:
+        """Results of finished sends; with ``block``, wait until a quarter
+        of the window (or all that is in flight, if less) is back."""
+        if block and self._in_flight:
+            self._await(min(max(self.window // 4, 1), self._in_flight))
+        while self._results:
+            key, result, error = self._results.popleft()
+            self._in_flight -= 1
+            yield _completion(key, result, error)
+
+    def _await(self, count: int) -> None:
+        self._enough.clear()
+        self._awaited = count
+        # Checked after the count is published: a result appended since
+        # either shows here or sees the count and sets the event.
+        if len(self._results) < count:
+            self._enough.wait()
+        self._awaited = 0
 
     async def _open(self) -> SmtpSession:
         session = SmtpSession(server=self._server)
