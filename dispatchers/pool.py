@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from smtpservers.client import SessionError
 
 from .transports import ConnectionLost, SendResult, Transport
-from .transports.base import Message, message_bytes, transport_for
+from .transports.base import Message, WireMessage, message_bytes, transport_for
 from .transports.smtp import Job, SmtpSession, session_recorded
 
 if TYPE_CHECKING:
@@ -179,10 +179,10 @@ class SmtpSendPool(SendPool[K]):
         self._enough = threading.Event()
         self._in_flight = 0
         self._loop = asyncio.new_event_loop()
-        self._waiting: asyncio.Queue[tuple[K, bytes, str, str] | None] | None = None
+        self._waiting: asyncio.Queue[Job | None] | None = None
         # Handed over from the caller's thread: one wake-up of the loop
         # takes all that came meanwhile, instead of one per message.
-        self._handed: deque[tuple[K, bytes, str, str]] = deque()
+        self._handed: deque[Job] = deque()
         self._wake_pending = False
         self._sessions: list[SmtpSession] = []
         self._thread = threading.Thread(target=self._run, name="herald-send", daemon=True)
@@ -207,7 +207,8 @@ class SmtpSendPool(SendPool[K]):
             # The last step before the wire: nothing may change the message after.
             message = self._signer.sign(message)
         self._in_flight += 1
-        self._handed.append((key, message_bytes(message), sender, recipient))
+        canonical = isinstance(message, WireMessage)
+        self._handed.append((key, message_bytes(message), sender, recipient, canonical))
         # After the append: a wake-up the loop has already cleared is asked
         # for again, and one still to run will find this job.
         if not self._wake_pending:
@@ -225,7 +226,7 @@ class SmtpSendPool(SendPool[K]):
         session: SmtpSession | None = None
         job = await self._waiting.get()
         while job is not None:
-            key, data, sender, recipient = job
+            key, data, sender, recipient, _ = job
             leftover = None
             try:
                 if session is None:

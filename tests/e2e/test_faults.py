@@ -18,7 +18,7 @@ from django.db import connection
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from campaigns import services
-from campaigns.models import Campaign, CampaignItem, Suppression
+from campaigns.models import Batch, Campaign, CampaignItem, Suppression
 from config.embedded import redis_server_binary
 from tests.helpers import make_audience, make_campaign, make_dispatcher, make_smtp_server
 from tests.smtp import Faults, FaultySink, SmtpSink, free_port
@@ -74,6 +74,20 @@ def _send_to_completion(campaign: Campaign, tmp_path: Path, **env: str) -> None:
     )
 
 
+def _open_batches() -> set[int]:
+    return set(Batch.objects.filter(finished_at__isnull=True).values_list("pk", flat=True))
+
+
+def _settled(campaign: Campaign, batches: set[int]) -> bool:
+    """The batches are closed or released, and no item they left in doubt
+    waits to go again."""
+    if Batch.objects.filter(pk__in=batches, finished_at__isnull=True).exists():
+        return False
+    return not CampaignItem.objects.filter(
+        campaign=campaign, possibly_duplicated=True, status__in=CampaignItem.LIVE
+    ).exists()
+
+
 def _sent(campaign: Campaign) -> int:
     return CampaignItem.objects.filter(campaign=campaign, status=S.SENT).count()
 
@@ -102,8 +116,18 @@ def test_killing_workers_mid_campaign_loses_no_one_and_duplicates_only_flagged_i
                 )
                 os.killpg(worker.pid, signal.SIGKILL)  # the worker and its pool, mid-send
                 worker.wait(timeout=10)
+                cut_short = _open_batches()
                 worker = start_worker(
                     queues, tmp_path / f"worker{kill}.log", env, concurrency=concurrency
+                )
+                # Each kill catches fresh items only: the ones it left in
+                # doubt are sent again before the next (caught in flight
+                # twice, one would rightly arrive three times).
+                wait_for(
+                    lambda b=cut_short: _settled(campaign, b),
+                    timeout=120,
+                    what="the killed batches' items to be sent again",
+                    logs=logs,
                 )
             wait_for(
                 lambda: _completed(campaign),

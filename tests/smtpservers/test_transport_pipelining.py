@@ -169,6 +169,20 @@ def test_a_campaign_through_a_pipelining_server_reaches_everyone_once(sink) -> N
     assert str(handler.received[0].message["Subject"]).startswith("Hello First")
 
 
+def test_a_campaign_line_starting_with_a_dot_arrives_intact_through_the_pool(sink) -> None:
+    handler, port = sink
+    dispatcher, campaign = campaign_to(port, recipients=3, connections=2)
+    campaign.template.text_body = ".hidden\n..two dots\nDear {{ contact.first_name }}\n.\nend\n"
+    campaign.template.save()
+
+    services.batch_send(batch_id=services.batch_claim(dispatcher_id=dispatcher.pk).pk)
+
+    assert handler.per_recipient() == {f"user{i}@example.org": 1 for i in range(3)}
+    text = handler.received[0].message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text.startswith(".hidden\n..two dots\nDear First")
+    assert "\n.\nend\n" in text  # a lone dot is not the end of the message
+
+
 # --- several messages streamed on one session ----------------------------------
 
 
@@ -197,7 +211,7 @@ def stream(port: int, jobs: list[Job], timeout: int = 10) -> list[tuple[object, 
 
 def job(n: int, recipient: str | None = None) -> Job:
     recipient = recipient or f"user{n}@example.net"
-    return (n, b"Subject: Hi\r\n\r\nHello.\r\n", "b@example.org", recipient)
+    return (n, b"Subject: Hi\r\n\r\nHello.\r\n", "b@example.org", recipient, True)
 
 
 class HoldingServer:
