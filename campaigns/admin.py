@@ -383,6 +383,9 @@ class CampaignItemAdmin(admin.ModelAdmin):
     search_fields = ("contact__email",)
     list_select_related = ("campaign", "contact")
     raw_id_fields = ("campaign", "contact", "batch")
+    # One count of a filtered million, not two: the total of every campaign's
+    # items beside it doubled the page's time (160 ms of a campaign's list).
+    show_full_result_count = False
 
     def has_add_permission(self, request):  # type: ignore[no-untyped-def]
         return False

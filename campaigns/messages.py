@@ -125,7 +125,11 @@ def _attribute_keys(*pieces: Pieces | None) -> tuple[str, ...]:
     return tuple(sorted(n for n in names if n.startswith(_ATTRIBUTE_PREFIX)))
 
 
-def _join(pieces: Pieces, values: dict[str, str | int], autoescape: bool) -> str:
+def _join(
+    pieces: Pieces, values: dict[str, str | int], autoescape: bool, quoted: dict[str, str]
+) -> str:
+    """The pieces with the values put in. ``quoted``: values already URL-
+    encoded for this message (a link per article repeats the same one)."""
     out = []
     for text, name, default, urlencode in pieces:
         if text is not None:
@@ -137,7 +141,11 @@ def _join(pieces: Pieces, values: dict[str, str | int], autoescape: bool) -> str
             continue
         value = value if type(value) is str else str(value)  # an int, printed as Django does
         if urlencode:
-            value = quote(value, safe="/")  # Django's urlencode; its result is escaped
+            encoded = quoted.get(value)
+            if encoded is None:
+                # Django's urlencode; its result is escaped
+                encoded = quoted[value] = quote(value, safe="/")
+            value = encoded
         out.append(html_escape(value) if autoescape else value)
     return "".join(out)
 
@@ -618,16 +626,21 @@ def message_render(
     plain = (str,) if settings.USE_THOUSAND_SEPARATOR else (str, int)
     if not all(type(value) in plain for value in simple.values()):
         simple = {}  # e.g. a NULL from raw SQL: Django renders it as it always has
+    quoted: dict[str, str] = {}
     subject = _render(
-        compiled.subject, compiled.subject_pieces, simple, skeleton, contact, url, token
+        compiled.subject, compiled.subject_pieces, simple, skeleton, contact, url, token, quoted
     )
     subject = _header(subject.strip())
     to_line, to = _to_header(contact.full_name, contact.email)
     html = None
     if compiled.html is not None:
-        html = _render(compiled.html, compiled.html_pieces, simple, skeleton, contact, url, token)
+        html = _render(
+            compiled.html, compiled.html_pieces, simple, skeleton, contact, url, token, quoted
+        )
     if compiled.text is not None:
-        text = _render(compiled.text, compiled.text_pieces, simple, skeleton, contact, url, token)
+        text = _render(
+            compiled.text, compiled.text_pieces, simple, skeleton, contact, url, token, quoted
+        )
     else:
         text = html_to_text(html or "")
     date = skeleton.date()
@@ -667,11 +680,12 @@ def _render(
     contact: Contact | Recipient,
     url: str,
     item_token: str,
+    quoted: dict[str, str],
 ) -> str:
     # Escaping is for HTML only: a subject or text part keeps "O'Brien".
     autoescape = template.engine.autoescape
     if pieces is not None and simple:
-        return _join(pieces, simple, autoescape)
+        return _join(pieces, simple, autoescape, quoted)
     values = {
         "contact": Fields(contact_values(contact)),
         "campaign": skeleton.campaign_fields,

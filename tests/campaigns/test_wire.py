@@ -302,6 +302,9 @@ ATTRIBUTES = {
         "{{ contact.attributes.score }} {{ contact.attributes.tags }}",
         "{{ contact.attributes.missing|urlencode }} {{ contact.attributes.plan }}",
         "{{ contact.attributes.plan|urlencode:'' }} {{ contact.attributes.city|lower }}",
+        # One value encoded twice and shown once as it is (encoded once a message).
+        "{{ contact.attributes.city|urlencode }} {{ contact.attributes.city }} "
+        "{{ contact.attributes.city|urlencode }} {{ contact.email|urlencode }}",
     ],
 )
 @pytest.mark.parametrize("first_name", ["", "<Ann & Bob>"])
