@@ -152,7 +152,7 @@ def main() -> None:
         template_create,
     )
     from campaigns.models import Batch, Campaign, CampaignItem
-    from campaigns.selectors import campaign_counts
+    from campaigns.selectors import status_counts
     from campaigns.services import campaign_schedule
     from dispatchers.models import Dispatcher
     from smtpservers.models import SmtpServer
@@ -211,8 +211,7 @@ def main() -> None:
                 # The counters, not the items: scanning a campaign's items
                 # for a live one took 8 ms of PostgreSQL a poll, CPU the
                 # workers being measured would otherwise have had.
-                counts = campaign_counts(campaign_id=campaign.pk)
-                live = any(counts.get(status) for status in CampaignItem.LIVE)
+                live = status_counts(campaign_ids=[campaign.pk], statuses=CampaignItem.LIVE)
                 if campaign.audience_complete and not live:
                     finished = True
                     break

@@ -28,8 +28,8 @@ def _connections_age(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_process_init.connect
 def _collector_tune(**_: Any) -> None:
-    """A worker process starts with Django and every app imported: a
-    quarter of a million objects that live as long as it does, which each
+    """A worker process starts with Django and every app imported: over a
+    hundred thousand objects that live as long as it does, which each
     full collection of the cyclic garbage collector walked again (about 5%
     of a sending worker's CPU, measured with perf). Frozen, they are left
     out of every collection; and the youngest generation is collected
